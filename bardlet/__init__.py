@@ -1,0 +1,1 @@
+"""bardlet: train your own small GPT chatbot from scratch."""

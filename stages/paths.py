@@ -1,0 +1,16 @@
+"""Where each stage reads and writes: the same paths dvc.yaml declares as deps and outs."""
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+PREPARED = Path("data/prepared")
+SHAKESPEARE = PREPARED / "shakespeare"  # train.txt, val.txt
+OASST = PREPARED / "oasst"  # train.jsonl, val.jsonl: one conversation per line
+TOKENIZER_DIR = Path("models/tokenizer")
+TOKENIZER = TOKENIZER_DIR / "bpe.json"
+SHARDS = Path("data/shards")  # {pretrain,sft}/{train,val}/*.parquet + manifest.json
+BASE_MODEL = Path("models/base")
+CHAT_MODEL = Path("models/chat")
+ONNX_DIR = Path("models/onnx")
+REPORTS = Path("reports")
+PLOTS = REPORTS / "plots"

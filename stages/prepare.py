@@ -1,0 +1,57 @@
+"""Stage `prepare`: Tiny Shakespeare train/val text, and OASST1 conversations split by tree.
+
+Shakespeare: the first 90% of the file's bytes train, the last 10% validate (nanoGPT's
+split, so bits per byte compare with its published numbers). OASST1: message trees rebuilt
+into conversations, assigned to train or val by a stable hash of the tree id, so no reply
+of a validation conversation is ever trained on.
+"""
+
+import json
+
+from bardlet.config import load_params
+from bardlet.data.oasst import build_conversations, read_messages, tree_split
+from bardlet.data.shards import write_json_atomic
+from stages.paths import OASST, RAW, REPORTS, SHAKESPEARE
+
+
+def split_text(data: bytes, val_fraction: float) -> tuple[str, str]:
+    cut = int(len(data) * (1 - val_fraction))
+    while cut < len(data) and (data[cut] & 0xC0) == 0x80:  # never cut inside a character
+        cut += 1
+    return data[:cut].decode("utf-8"), data[cut:].decode("utf-8")
+
+
+def main() -> None:
+    params = load_params().prepare
+    train, val = split_text(
+        (RAW / "tinyshakespeare/input.txt").read_bytes(), params.shakespeare_val_fraction
+    )
+    SHAKESPEARE.mkdir(parents=True, exist_ok=True)
+    (SHAKESPEARE / "train.txt").write_text(train, encoding="utf-8")
+    (SHAKESPEARE / "val.txt").write_text(val, encoding="utf-8")
+
+    messages, stats = read_messages(RAW / "oasst1/en-validation.jsonl", lang=params.oasst_lang)
+    conversations = build_conversations(messages, mode=params.oasst_mode, stats=stats)
+    splits: dict[str, list[dict]] = {"train": [], "val": []}
+    for conversation in conversations:
+        splits[tree_split(conversation["id"], params.oasst_val_percent)].append(conversation)
+    OASST.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+        (OASST / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
+
+    report = {
+        "shakespeare": {"train_chars": len(train), "val_chars": len(val)},
+        "oasst": {
+            **stats.as_dict(),
+            "train_conversations": len(splits["train"]),
+            "val_conversations": len(splits["val"]),
+        },
+    }
+    REPORTS.mkdir(exist_ok=True)
+    write_json_atomic(REPORTS / "prepare.json", report)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

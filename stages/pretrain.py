@@ -1,0 +1,44 @@
+"""Stage `pretrain`: a GPT learns Tiny Shakespeare by next-token prediction -> models/base."""
+
+import torch
+
+from bardlet import tracking
+from bardlet.config import load_params
+from bardlet.data.loaders import TokenWindows
+from bardlet.data.shards import concat_tokens, read_split
+from bardlet.evaluation import token_byte_lengths
+from bardlet.model import GPT, GPTConfig
+from bardlet.tokenizer import Tokenizer
+from bardlet.training.loop import pick_device, train
+from stages.outputs import save_training
+from stages.paths import BASE_MODEL, SHARDS, TOKENIZER
+
+
+def main() -> None:
+    params = load_params()
+    settings = params.pretrain
+    tokenizer = Tokenizer.load(TOKENIZER)
+    block = params.model.block_size
+    train_tokens = concat_tokens(read_split(SHARDS / "pretrain/train", tokenizer.hash))
+    val_tokens = concat_tokens(read_split(SHARDS / "pretrain/val", tokenizer.hash))
+    train_data = TokenWindows(train_tokens, block, settings.batch_size, settings.seed)
+    val_data = TokenWindows(val_tokens, block, settings.batch_size, settings.seed + 1)
+    val_batches = [val_data.batch(i) for i in range(settings.eval_batches)]
+
+    torch.manual_seed(settings.seed)
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **params.model.model_dump())
+    model = GPT(config).to(pick_device())
+    print(f"model: {model.num_params():,} parameters; {len(train_tokens):,} training tokens")
+    run_params = {"model": params.model.model_dump(), "pretrain": settings.model_dump()}
+    tags = {"stage": "pretrain", "tokenizer_hash": tokenizer.hash}
+    with tracking.run("pretrain", run_params, tags) as run_id:
+        tracking.log_metrics({"num_params": model.num_params()})
+        result = train(
+            model, train_data, lambda: val_batches, settings, token_byte_lengths(tokenizer)
+        )
+        info = {"run_id": run_id, "tokenizer_hash": tokenizer.hash}
+        save_training("pretrain", model, result, BASE_MODEL, info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Stage `sft`: fine-tune the base model on OASST1 conversations -> models/chat.
+
+Same training loop as pretraining; the difference is the data: conversations packed into
+rows, with the loss taken only on the assistant's tokens (the loss mask from the template).
+"""
+
+from bardlet import tracking
+from bardlet.config import load_params
+from bardlet.data.loaders import PackedConversations
+from bardlet.evaluation import token_byte_lengths
+from bardlet.tokenizer import Tokenizer
+from bardlet.training import checkpoint
+from bardlet.training.loop import pick_device, train
+from stages.outputs import save_training
+from stages.paths import BASE_MODEL, CHAT_MODEL, SHARDS, TOKENIZER
+
+
+def main() -> None:
+    settings = load_params().sft
+    tokenizer = Tokenizer.load(TOKENIZER)
+    model, base_info = checkpoint.load(BASE_MODEL, pick_device())
+    if base_info["tokenizer_hash"] != tokenizer.hash:
+        raise SystemExit("models/base was trained with another tokenizer: run `dvc repro`")
+    block = model.config.block_size
+    train_data, val_data = (
+        PackedConversations.from_split(
+            SHARDS / "sft" / split, tokenizer, block, settings.batch_size, settings.seed
+        )
+        for split in ("train", "val")
+    )
+    val_batches = list(val_data.sequential())[: settings.eval_batches]
+    print(f"sft: {len(train_data.rows):,} packed rows of {block} tokens")
+    tags = {
+        "stage": "sft",
+        "tokenizer_hash": tokenizer.hash,
+        "base_run_id": base_info["run_id"],
+    }
+    with tracking.run("sft", {"sft": settings.model_dump()}, tags) as run_id:
+        result = train(
+            model, train_data, lambda: val_batches, settings, token_byte_lengths(tokenizer)
+        )
+        info = {"run_id": run_id, "base_run_id": base_info["run_id"], "tokenizer_hash": tokenizer.hash}
+        save_training("sft", model, result, CHAT_MODEL, info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bardlet.config import ParamsError, load_params, validate_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def raw_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repo_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.model.n_embd % params.model.n_head == 0
+    assert [s.name for s in params.download.sources] == ["tinyshakespeare", "oasst1_en_validation"]
+
+
+def test_unknown_key_is_named():
+    raw = raw_params()
+    raw["model"]["n_layers"] = 4  # typo for n_layer
+    with pytest.raises(ParamsError, match=r"model\.n_layers: unknown key"):
+        validate_params(raw)
+
+
+def test_wrong_type_is_named():
+    raw = raw_params()
+    raw["pretrain"]["batch_size"] = "sixteen"
+    with pytest.raises(ParamsError, match=r"pretrain\.batch_size"):
+        validate_params(raw)
+
+
+def test_heads_must_divide_width():
+    raw = raw_params()
+    raw["model"]["n_embd"] = 130
+    raw["model"]["n_head"] = 4
+    with pytest.raises(ParamsError, match=r"model: .*n_embd \(130\) must be divisible by n_head"):
+        validate_params(raw)
+
+
+def test_missing_section_is_named():
+    raw = raw_params()
+    del raw["sft"]
+    with pytest.raises(ParamsError, match=r"sft: required key is missing"):
+        validate_params(raw)
+
+
+def test_vocab_out_of_range():
+    raw = raw_params()
+    raw["tokenizer"]["vocab_size"] = 100
+    with pytest.raises(ParamsError, match=r"tokenizer\.vocab_size"):
+        validate_params(raw)
+
+
+def test_missing_file_says_where(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_bad_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(path)

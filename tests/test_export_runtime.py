@@ -1,0 +1,151 @@
+"""ONNX export, parity with PyTorch, and the torch-free runtime, chat and CLI on top of it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bardlet.chat import Chat, repl
+from bardlet.data.chat_template import render_prompt
+from bardlet.export import check_parity, export_onnx
+from bardlet.model import GPT, GPTConfig
+from bardlet.runtime import OnnxLM, Sampling, sample
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, small_tokenizer) -> tuple[Path, GPT]:
+    folder = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=small_tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32
+    )
+    model = GPT(config).eval()
+    export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": small_tokenizer.hash})
+    small_tokenizer.save(folder / "bpe.json")
+    return folder, model
+
+
+def test_parity_with_pytorch_over_incremental_steps(exported, small_tokenizer):
+    folder, model = exported
+    prompt = render_prompt(small_tokenizer, [{"role": "user", "content": "Who art thou?"}])
+    assert check_parity(model, folder / "model.onnx", prompt, steps=32) < 1e-4
+
+
+def test_runtime_greedy_matches_pytorch_generate(exported, small_tokenizer):
+    folder, model = exported
+    lm = OnnxLM(folder)
+    prompt = small_tokenizer.encode("ROMEO: ")
+    ours = list(lm.stream(prompt, 20, Sampling(temperature=0)))
+    assert ours == model.generate(prompt, 20, temperature=0.0)
+    # Batched prompt through the graph: dynamic batch dimension.
+    logits, present = lm.forward(np.array([prompt, prompt]), lm.empty_cache(batch=2))
+    assert logits.shape == (2, len(prompt), small_tokenizer.vocab_size)
+    assert present[0].shape == (2, 2, len(prompt), 16)
+
+
+def test_runtime_refuses_a_foreign_tokenizer(exported, tmp_path, small_tokenizer):
+    folder, _ = exported
+    (tmp_path / "model.onnx").write_bytes((folder / "model.onnx").read_bytes())
+    from bardlet.tokenizer import Tokenizer
+
+    Tokenizer.train(["other text entirely " * 50], vocab_size=270).save(tmp_path / "bpe.json")
+    with pytest.raises(ValueError, match="not the tokenizer"):
+        OnnxLM(tmp_path / "model.onnx")
+
+
+def test_missing_model_says_how_to_make_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make pipeline"):
+        OnnxLM(tmp_path / "model.onnx")
+
+
+def test_prompt_longer_than_context_is_refused(exported):
+    lm = OnnxLM(exported[0])
+    with pytest.raises(ValueError, match="shorten it"):
+        list(lm.stream(list(range(70)), 5, Sampling()))
+
+
+def test_sampling_rules():
+    rng = np.random.default_rng(0)
+    logits = np.array([1.0, 3.0, 2.0, -1.0])
+    assert sample(logits, Sampling(temperature=0), rng) == 1
+    assert {sample(logits, Sampling(temperature=1.0, top_k=1), rng) for _ in range(20)} == {1}
+    assert {sample(logits, Sampling(temperature=1.0, top_p=0.01), rng) for _ in range(20)} == {1}
+    top2 = {sample(logits, Sampling(temperature=5.0, top_k=2), rng) for _ in range(200)}
+    assert top2 == {1, 2}
+    a = [sample(logits, Sampling(temperature=2.0), np.random.default_rng(7)) for _ in range(5)]
+    b = [sample(logits, Sampling(temperature=2.0), np.random.default_rng(7)) for _ in range(5)]
+    assert a == b
+
+
+def test_chat_remembers_turns_and_drops_the_oldest_when_full(exported):
+    lm = OnnxLM(exported[0])
+    chat = Chat(lm, Sampling(temperature=0), system="Be kind.", max_new_tokens=8)
+    first = "".join(chat.reply("Hello"))
+    assert chat.messages[-1] == {"role": "assistant", "content": first}
+    for _ in range(12):  # 64-token context: old turns must go
+        "".join(chat.reply("Tell me more about the king"))
+    prompt = render_prompt(lm.tokenizer, chat.messages[:-1], chat.system)
+    assert len(prompt) <= lm.block_size
+    assert chat.messages[0] != {"role": "user", "content": "Hello"}
+    assert chat.messages[-2] == {"role": "user", "content": "Tell me more about the king"}
+
+
+def test_chat_refuses_a_message_that_cannot_fit(exported):
+    chat = Chat(OnnxLM(exported[0]), Sampling(temperature=0))
+    with pytest.raises(ValueError, match="please shorten it"):
+        list(chat.reply("word " * 200))
+    assert chat.messages == []
+
+
+def test_repl_commands(exported):
+    chat = Chat(OnnxLM(exported[0]), Sampling(temperature=0), max_new_tokens=4)
+    lines = iter(["hi", "/clear", "/help", "/exit", "never read"])
+    out: list[str] = []
+    repl(chat, read=lambda _prompt: next(lines), write=out.append)
+    text = "".join(out)
+    assert "bot> " in text and "(conversation cleared)" in text and "/clear" in text
+    assert chat.messages == []
+    assert next(lines) == "never read"
+
+
+def test_runtime_and_chat_do_not_import_torch():
+    code = (
+        "import sys, bardlet.runtime, bardlet.chat, bardlet.cli\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('clean')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "clean"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bardlet.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def test_cli_generate_prints_only_the_text_and_is_seeded(exported):
+    model = str(exported[0] / "model.onnx")
+    args = ["generate", "ROMEO:", "--max-new-tokens", "12", "--seed", "3", "--model", model]
+    first, again = run_cli(*args), run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == again.stdout
+    assert first.stdout.strip() and "ROMEO:" not in first.stdout[:6]
+    other = run_cli("generate", "ROMEO:", "-n", "12", "--seed", "4", "--model", model)
+    assert other.stdout != first.stdout
+
+
+def test_cli_reports_a_missing_model_clearly(tmp_path):
+    done = run_cli("generate", "hi", "--model", str(tmp_path / "nope.onnx"))
+    assert done.returncode == 2
+    assert "make pipeline" in done.stderr and "Traceback" not in done.stderr

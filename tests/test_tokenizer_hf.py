@@ -1,0 +1,129 @@
+"""The Hugging Face export encodes exactly like bardlet's tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bardlet.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer
+from bardlet.tokenizer.hf import bytes_to_unicode, export_hf
+
+hf_tokenizers = pytest.importorskip("tokenizers")
+
+REPO = Path(__file__).parents[1]
+
+
+def data_dir() -> Path | None:
+    """The shared data mirror: $BARDLET_DATA_MIRROR if it is a folder, else ../shared/data."""
+    env = os.environ.get("BARDLET_DATA_MIRROR", "")
+    for candidate in (Path(env) if env else None, REPO / ".." / "shared" / "data"):
+        if candidate is not None and candidate.is_dir():
+            return candidate
+    return None
+
+
+def shakespeare() -> str:
+    root = data_dir()
+    path = root / "tinyshakespeare" / "input.txt" if root else None
+    if path is None or not path.is_file():
+        pytest.skip("Tiny Shakespeare not found (set BARDLET_DATA_MIRROR)")
+    return path.read_text(encoding="utf-8")
+
+
+def oasst_texts() -> list[str]:
+    root = data_dir()
+    path = root / "oasst1" / "en-validation.jsonl" if root else None
+    if path is None or not path.is_file():
+        pytest.skip("OASST1 not found (set BARDLET_DATA_MIRROR)")
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tokenizer, object]:
+    """Our tokenizer (trained on Shakespeare + OASST1) and its export loaded by `tokenizers`."""
+    tok = Tokenizer.train([shakespeare(), *oasst_texts()], vocab_size=4096)
+    path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
+    export_hf(tok, path)
+    hf = hf_tokenizers.Tokenizer.from_file(str(path))
+    # Match bardlet: special-token strings in the text are ordinary text.
+    hf.encode_special_tokens = True
+    return tok, hf
+
+
+def hf_ids(hf: object, text: str) -> list[int]:
+    return hf.encode(text, add_special_tokens=False).ids  # type: ignore[attr-defined]
+
+
+def test_byte_table_is_a_bijection() -> None:
+    table = bytes_to_unicode()
+    assert sorted(table) == list(range(256))
+    assert len(set(table.values())) == 256
+    assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("A")] == "A"
+
+
+def test_vocab_and_specials_exported(pair: tuple[Tokenizer, object]) -> None:
+    tok, hf = pair
+    assert hf.get_vocab_size(with_added_tokens=True) == tok.vocab_size  # type: ignore[attr-defined]
+    for name in DEFAULT_SPECIAL_TOKENS:
+        assert hf.token_to_id(name) == tok.special_id(name)  # type: ignore[attr-defined]
+
+
+def test_same_ids_on_shakespeare(pair: tuple[Tokenizer, object]) -> None:
+    tok, hf = pair
+    text = shakespeare()
+    assert hf_ids(hf, text) == tok.encode(text)
+    lines = text.splitlines(keepends=True)[:2000]
+    assert [hf_ids(hf, line) for line in lines] == tok.encode_batch(lines)
+
+
+def test_same_ids_on_oasst(pair: tuple[Tokenizer, object]) -> None:
+    tok, hf = pair
+    texts = oasst_texts()
+    ours = tok.encode_batch(texts)
+    theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]  # type: ignore[attr-defined]
+    mismatches = [t for t, a, b in zip(texts, ours, theirs, strict=True) if a != b]
+    assert not mismatches, f"{len(mismatches)} texts differ, first: {mismatches[0][:200]!r}"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=100))
+def test_same_ids_on_any_text(pair: tuple[Tokenizer, object], text: str) -> None:
+    tok, hf = pair
+    ids = tok.encode(text)
+    assert hf_ids(hf, text) == ids
+    assert hf.decode(ids, skip_special_tokens=False) == text  # type: ignore[attr-defined]
+
+
+def test_special_token_strings(pair: tuple[Tokenizer, object]) -> None:
+    """With encode_special_tokens=True, HF also treats "<|user|>" in text as plain text; by
+    default HF would match it as the special token (bardlet's encode never does)."""
+    tok, hf = pair
+    text = "<|user|>Hi there<|end|><|assistant|>"
+    assert hf_ids(hf, text) == tok.encode(text)
+    hf.encode_special_tokens = False  # type: ignore[attr-defined]
+    try:
+        assert hf_ids(hf, text)[0] == tok.special_id("<|user|>")
+    finally:
+        hf.encode_special_tokens = True  # type: ignore[attr-defined]
+    ids = [tok.special_id("<|user|>"), *tok.encode("Hi"), tok.special_id("<|end|>")]
+    assert hf.decode(ids, skip_special_tokens=False) == tok.decode(ids)  # type: ignore[attr-defined]
+
+
+def test_export_does_not_need_tokenizers_package() -> None:
+    """bardlet/tokenizer may import only stdlib, regex and numpy (plus typer in the CLI)."""
+    code = (
+        "import sys; import bardlet.tokenizer, bardlet.tokenizer.hf; "
+        "bad = [m for m in ('tokenizers', 'torch', 'tiktoken') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
