@@ -14,7 +14,8 @@ export ORT_DISABLE_TELEMETRY := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
-export PYTHONPATH := $(CURDIR)
+# Stages run `python -m stages.<name>`: that must be the venv's python.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: pipeline test lint setup clean
 

@@ -1,12 +1,14 @@
-"""The `bardlet` command: talk to the model the pipeline exported."""
+"""The `bardlet` command: talk to the model the pipeline exported, inspect the tokenizer."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from bardlet.tokenizer.cli import app as tokenizer_app
 
 if TYPE_CHECKING:
     from bardlet.runtime import OnnxLM
@@ -16,20 +18,28 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(tokenizer_app, name="tokenizer")
 
+ModelOption = Annotated[
+    Path,
+    typer.Option(
+        "--model",
+        "-m",
+        help="The exported model.onnx (bpe.json must sit beside it), or its folder.",
+    ),
+]
 DEFAULT_MODEL = Path("models/onnx/model.onnx")
-MODEL_HELP = "The exported model.onnx (bpe.json must sit beside it), or its folder."
 
 
 @app.command()
 def generate(
-    prompt: str = typer.Argument(..., help="Text for the model to continue."),
-    max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", min=1),
-    seed: int = typer.Option(0, "--seed", "-s", help="Sampling seed: same seed, same text."),
-    temperature: float = typer.Option(0.8, "--temperature", "-t", min=0.0),
-    top_k: int = typer.Option(50, "--top-k", min=0),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
-    model: Path = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
+    prompt: Annotated[str, typer.Argument(help="Text for the model to continue.")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1)] = 100,
+    seed: Annotated[int, typer.Option("--seed", "-s", help="Same seed, same text.")] = 0,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0)] = 0.8,
+    top_k: Annotated[int, typer.Option("--top-k", min=0)] = 50,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    model: ModelOption = DEFAULT_MODEL,
 ) -> None:
     """Continue PROMPT and print only the generated text."""
     from bardlet.runtime import Sampling
@@ -41,13 +51,13 @@ def generate(
 
 @app.command()
 def chat(
-    model: Path = typer.Option(DEFAULT_MODEL, "--model", "-m", help=MODEL_HELP),
-    system: str | None = typer.Option(None, "--system", help="A system prompt."),
-    temperature: float = typer.Option(0.7, "--temperature", "-t", min=0.0),
-    top_k: int = typer.Option(40, "--top-k", min=0),
-    top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
-    seed: int | None = typer.Option(None, "--seed", "-s"),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", min=1),
+    model: ModelOption = DEFAULT_MODEL,
+    system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0)] = 0.7,
+    top_k: Annotated[int, typer.Option("--top-k", min=0)] = 40,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 0.95,
+    seed: Annotated[int | None, typer.Option("--seed", "-s")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1)] = 128,
 ) -> None:
     """Chat with the model in the terminal (multi-turn; /help for commands)."""
     from bardlet.chat import Chat, repl
@@ -59,7 +69,7 @@ def chat(
 
 
 def _load(model: Path) -> OnnxLM:
-    # Imported here so `bardlet --help` stays fast.
+    # Imported here so that `bardlet --help` and the tokenizer commands start fast.
     from bardlet.runtime import OnnxLM
 
     try:

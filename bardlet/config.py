@@ -69,9 +69,7 @@ class ModelParams(Section):
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelParams:
         if self.n_embd % self.n_head:
-            raise ValueError(
-                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
-            )
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if (self.n_embd // self.n_head) % 2:
             raise ValueError(
                 f"n_embd / n_head = {self.n_embd // self.n_head} must be even (rotary embeddings)"

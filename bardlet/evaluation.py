@@ -47,7 +47,9 @@ def measure(
         y = torch.from_numpy(targets).to(device)
         logits, _, _ = model(x)
         losses = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-1,
+            logits.float().reshape(-1, logits.shape[-1]),
+            y.reshape(-1),
+            ignore_index=-1,
             reduction="sum",
         )
         nats += float(losses)

@@ -33,7 +33,9 @@ class _WithFlatCache(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, *past_flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, input_ids: torch.Tensor, *past_flat: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(len(past_flat) // 2)]
         logits, _, present = self.model(input_ids, past=past)
         return (logits, *[t for kv in present for t in kv])

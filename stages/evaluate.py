@@ -22,8 +22,15 @@ from bardlet.training import checkpoint
 from stages.paths import CHAT_MODEL, OASST, REPORTS, SHARDS, TOKENIZER
 
 
-def reply(model: GPT, tokenizer: Tokenizer, prompt: str, temperature: float, top_k: int,
-          max_new_tokens: int, generator: torch.Generator | None = None) -> str:
+def reply(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    temperature: float,
+    top_k: int,
+    max_new_tokens: int,
+    generator: torch.Generator | None = None,
+) -> str:
     ids = render_prompt(tokenizer, [{"role": "user", "content": prompt}])
     stops = (tokenizer.special_id("<|end|>"), tokenizer.special_id("<|bos|>"))
     out = model.generate(ids, max_new_tokens, temperature, top_k, stops, generator)
@@ -43,8 +50,9 @@ def main() -> None:
     chats = PackedConversations.from_split(SHARDS / "sft/val", tokenizer, block, 16, 0)
     oasst = measure(model, chats.sequential(), byte_lengths, max_batches=params.eval_batches)
 
-    conversations = [json.loads(line) for line in
-                     (OASST / "val.jsonl").read_text(encoding="utf-8").splitlines()]
+    conversations = [
+        json.loads(line) for line in (OASST / "val.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     scores = []
     for conversation in conversations[: params.rouge_conversations]:
         question, answer = conversation["messages"][0], conversation["messages"][1]
@@ -56,11 +64,28 @@ def main() -> None:
     lines = ["# Samples from the chat model", ""]
     for prompt in params.prompts:
         greedy = reply(model, tokenizer, prompt, 0.0, 0, params.max_new_tokens)
-        sampled = reply(model, tokenizer, prompt, params.temperature, params.top_k,
-                        params.max_new_tokens, generator)
-        lines += [f"## {prompt}", "", "**greedy:**", "", greedy.strip() or "(empty)", "",
-                  f"**sampled** (temperature {params.temperature}, top-k {params.top_k}, "
-                  f"seed {params.seed}):", "", sampled.strip() or "(empty)", ""]
+        sampled = reply(
+            model,
+            tokenizer,
+            prompt,
+            params.temperature,
+            params.top_k,
+            params.max_new_tokens,
+            generator,
+        )
+        lines += [
+            f"## {prompt}",
+            "",
+            "**greedy:**",
+            "",
+            greedy.strip() or "(empty)",
+            "",
+            f"**sampled** (temperature {params.temperature}, top-k {params.top_k}, "
+            f"seed {params.seed}):",
+            "",
+            sampled.strip() or "(empty)",
+            "",
+        ]
 
     metrics = {"shakespeare": shakespeare, "oasst": oasst}
     REPORTS.mkdir(exist_ok=True)

@@ -39,7 +39,11 @@ def main() -> None:
         result = train(
             model, train_data, lambda: val_batches, settings, token_byte_lengths(tokenizer)
         )
-        info = {"run_id": run_id, "base_run_id": base_info["run_id"], "tokenizer_hash": tokenizer.hash}
+        info = {
+            "run_id": run_id,
+            "base_run_id": base_info["run_id"],
+            "tokenizer_hash": tokenizer.hash,
+        }
         save_training("sft", model, result, CHAT_MODEL, info)
 
 

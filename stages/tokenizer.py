@@ -23,7 +23,9 @@ def main() -> None:
     TOKENIZER_DIR.mkdir(parents=True, exist_ok=True)
     tokenizer.save(TOKENIZER)
     export_hf(tokenizer, TOKENIZER_DIR / "tokenizer.json")
-    print(f"vocab {tokenizer.vocab_size}, {len(tokenizer.merges)} merges, hash {tokenizer.hash[:12]}")
+    print(
+        f"vocab {tokenizer.vocab_size}, {len(tokenizer.merges)} merges, hash {tokenizer.hash[:12]}"
+    )
 
 
 if __name__ == "__main__":

@@ -136,11 +136,67 @@ def test_round_trip_special_cases(tok: Tokenizer, text: str) -> None:
     assert tok.decode(tok.encode(text)) == text
 
 
+def textbook_encode_chunk(merges: list[tuple[int, int]], data: bytes) -> list[int]:
+    """Reference BPE encode: merge every occurrence of the lowest-rank pair, rescan, repeat."""
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    ids = list(data)
+    while len(ids) >= 2:
+        pair = min(pairwise(ids), key=lambda p: ranks.get(p, len(merges)))
+        if pair not in ranks:
+            return ids
+        merged: list[int] = []
+        i = 0
+        while i < len(ids):
+            if ids[i : i + 2] == list(pair):
+                merged.append(256 + ranks[pair])
+                i += 2
+            else:
+                merged.append(ids[i])
+                i += 1
+        ids = merged
+    return ids
+
+
 @SETTINGS
 @given(data=st.binary(min_size=0, max_size=300))
-def test_long_chunk_algorithm_matches_simple_one(tok: Tokenizer, data: bytes) -> None:
-    """The heap-based path for long chunks gives exactly what the simple loop gives."""
-    assert tok._encode_long_chunk(data) == tok._encode_short_chunk(data)
+def test_chunk_encoders_match_textbook_loop(tok: Tokenizer, data: bytes) -> None:
+    """Both the fast loop and the heap-based path for long chunks give the textbook result."""
+    expected = textbook_encode_chunk(tok.merges, data)
+    assert tok._encode_long_chunk(data) == expected
+    assert tok._encode_chunk(data) == expected
+
+
+def test_chunk_encoder_matches_textbook_loop_on_real_chunks(tok: Tokenizer) -> None:
+    chunks = sorted(set(tok._split(small_corpus())))
+    for chunk in chunks + ["aaaaaaa", " " * 40, "ee" * 30]:
+        data = chunk.encode("utf-8")
+        assert tok._encode_chunk(data) == textbook_encode_chunk(tok.merges, data), chunk
+
+
+@SETTINGS
+@given(chunks=st.lists(st.binary(min_size=0, max_size=bpe._BATCH_WIDTH), max_size=40))
+def test_batch_merger_matches_textbook_loop(tok: Tokenizer, chunks: list[bytes]) -> None:
+    merger = bpe._BatchMerger(tok.merges)
+    assert merger(chunks) == [textbook_encode_chunk(tok.merges, b) for b in chunks]
+
+
+def test_batch_merger_on_real_chunks(tok: Tokenizer) -> None:
+    chunks = [c for c in set(tok._split(small_corpus())) if len(c.encode()) <= bpe._BATCH_WIDTH]
+    chunks += ["aaaaaaaaaaaaaaaa", "ee" * 8, " " * 16, "\n", "é" * 8]
+    expected = [tok._encode_chunk(c.encode()) for c in chunks]
+    assert bpe._BatchMerger(tok.merges)([c.encode() for c in chunks]) == expected
+
+
+@SETTINGS
+@given(text=unicode_text)
+def test_cold_encode_batch_path_matches_plain_loop(tok: Tokenizer, text: str) -> None:
+    """encode with a cold cache, through the numpy batch path, gives what the plain loop gives."""
+    text = small_corpus()[:3000] + text
+    expected = Tokenizer(tok.merges, tok.pattern, list(tok.special_tokens)).encode(text)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(bpe, "_BATCH_MIN_CHUNKS", 1)
+        fresh = Tokenizer(tok.merges, tok.pattern, list(tok.special_tokens))
+        assert fresh.encode(text) == expected
 
 
 def test_encode_cache_is_bounded(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,11 +305,20 @@ def test_ascii_fast_path_matches_unicode_regex() -> None:
         assert splitter(text) == regex.findall(GPT4_PATTERN, text)
 
 
+@SETTINGS
+@given(text=st.text(max_size=200))
+def test_gpt4_pattern_matches_every_character(text: str) -> None:
+    """The splitter skips the gap check for the GPT-4 pattern: no character may be left out."""
+    assert "".join(bpe._Splitter(GPT4_PATTERN)(text)) == text
+
+
 def test_custom_pattern_keeps_unmatched_text() -> None:
     """A pattern that skips characters must not drop them: the gaps become chunks."""
     tok = Tokenizer.train(["hello world, hello there! " * 20], 270, pattern=r"\p{L}+")
     text = "hello, world! 123"
     assert tok.decode(tok.encode(text)) == text
+    grouped = Tokenizer([], pattern=r"(\p{L})\p{L}*")  # capture groups must not confuse it
+    assert grouped.decode(grouped.encode(text)) == text
 
 
 # ---------------------------------------------------------------- special tokens

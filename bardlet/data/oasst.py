@@ -63,36 +63,114 @@ class OasstStats:
 
 
 def read_messages(path: Path, lang: str | None = "en") -> tuple[list[dict], OasstStats]:
-    """Read OASST1 messages from a .jsonl (or .jsonl.gz) file in the official flat format.
+    """Read OASST1 messages from a file in the official flat format: JSON lines (.jsonl, or
+    .jsonl.gz) or the Hugging Face Parquet release (.parquet).
 
-    Keeps messages in language `lang` (all languages when None). Malformed lines are counted
-    and skipped, never fatal; an empty file gives no messages (the caller decides if that is an
-    error). Each message is returned with just the fields the trees need: message_id,
-    parent_id, message_tree_id, role, text, lang, deleted, review_result, rank.
-    Raises ValueError naming the file if it is not UTF-8 text.
+    Keeps messages in language `lang` (all languages when None). Malformed lines (or Parquet
+    rows) are counted and skipped, never fatal; an empty file gives no messages (the caller
+    decides if that is an error). Each message is returned with just the fields the trees need:
+    message_id, parent_id, message_tree_id, role, text, lang, deleted, review_result, rank.
+    Raises ValueError naming the file if it is not UTF-8 text (JSON lines) or not a readable
+    Parquet file with the OASST1 columns.
     """
     path = Path(path)
+    if path.suffix == ".parquet":
+        return _collect(_parquet_records(path), lang)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        return _collect(_jsonl_records(f, path), lang)
+
+
+def read_all_messages(
+    paths: Iterable[Path], lang: str | None = "en"
+) -> tuple[list[dict], OasstStats]:
+    """`read_messages` over several files (say the full release's train and validation files),
+    as one list: a message_id seen in an earlier file counts as a duplicate; counts add up."""
     stats = OasstStats()
     messages: list[dict] = []
     seen: set[str] = set()
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for line_no, line in enumerate(_decoded_lines(f, path), start=1):
-            if not line.strip():
-                continue
-            stats.lines += 1
-            message = _parse_message(line.lstrip("\ufeff") if line_no == 1 else line)
-            if message is None:
-                stats.malformed_lines += 1
-            elif lang is not None and message["lang"] != lang:
-                stats.wrong_lang += 1
-            elif message["message_id"] in seen:
+    for path in paths:
+        file_messages, file_stats = read_messages(path, lang)
+        for name, value in file_stats.as_dict().items():
+            setattr(stats, name, getattr(stats, name) + value)
+        for message in file_messages:
+            if message["message_id"] in seen:
                 stats.duplicate_ids += 1
             else:
                 seen.add(message["message_id"])
                 messages.append(message)
     stats.messages = len(messages)
     return messages, stats
+
+
+def _collect(records: Iterable[object], lang: str | None) -> tuple[list[dict], OasstStats]:
+    """Check, filter and de-duplicate raw records (decoded JSON objects, or None for a line that
+    is not JSON) the same way whatever file format they came from."""
+    stats = OasstStats()
+    messages: list[dict] = []
+    seen: set[str] = set()
+    for obj in records:
+        stats.lines += 1
+        message = _message_from(obj)
+        if message is None:
+            stats.malformed_lines += 1
+        elif lang is not None and message["lang"] != lang:
+            stats.wrong_lang += 1
+        elif message["message_id"] in seen:
+            stats.duplicate_ids += 1
+        else:
+            seen.add(message["message_id"])
+            messages.append(message)
+    stats.messages = len(messages)
+    return messages, stats
+
+
+def _jsonl_records(f: Iterable[bytes], path: Path) -> Iterator[object]:
+    """One decoded JSON value per non-blank line (None where the line is not JSON)."""
+    for line_no, line in enumerate(_decoded_lines(f, path), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line.lstrip("\ufeff") if line_no == 1 else line)
+        except json.JSONDecodeError:
+            yield None
+
+
+# The columns of the Hugging Face Parquet release that the trees need (it has 18 in all).
+_REQUIRED_COLUMNS = ("message_id", "parent_id", "message_tree_id", "role", "text")
+_OPTIONAL_COLUMNS = ("lang", "deleted", "review_result", "rank")
+
+
+def _parquet_records(path: Path) -> Iterator[dict]:
+    """Rows of an OASST1 Parquet file as dicts of the columns we use, a batch at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(
+            f"{path}: not a readable Parquet file ({err}); "
+            "delete it and re-run `dvc repro download`"
+        ) from None
+    names = set(parquet.schema_arrow.names)
+    missing = [c for c in _REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise ValueError(
+            f"{path}: not OASST1 messages: the Parquet file has no column {', '.join(missing)}"
+        )
+    columns = [*_REQUIRED_COLUMNS, *(c for c in _OPTIONAL_COLUMNS if c in names)]
+    try:
+        for batch in parquet.iter_batches(batch_size=8192, columns=columns):
+            for row in batch.to_pylist():
+                # Parquet has nulls where JSON lines leave a key out: drop them, so optional
+                # flags get the same defaults either way (parent_id stays: null marks a root).
+                yield {k: v for k, v in row.items() if v is not None or k == "parent_id"}
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(
+            f"{path}: the Parquet file is damaged ({err}); delete it and re-run "
+            "`dvc repro download`"
+        ) from None
 
 
 def _decoded_lines(f: Iterable[bytes], path: Path) -> Iterator[str]:
@@ -107,12 +185,8 @@ def _decoded_lines(f: Iterable[bytes], path: Path) -> Iterator[str]:
             ) from None
 
 
-def _parse_message(line: str) -> dict | None:
-    """One message with checked field types, or None if the line is malformed."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        return None
+def _message_from(obj: object) -> dict | None:
+    """One message with checked field types, or None if the record is malformed."""
     if not isinstance(obj, dict) or "parent_id" not in obj:
         return None
     message = {

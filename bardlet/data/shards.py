@@ -76,9 +76,7 @@ def write_split(
             columns["loss_mask"] = pa.array([r.loss_mask for r in pending], pa.list_(pa.bool_()))
         name = f"shard-{len(files):05d}.parquet"
         tmp = out_dir / (name + ".tmp")
-        pq.write_table(
-            pa.table(columns), tmp, compression="zstd", row_group_size=row_group_size
-        )
+        pq.write_table(pa.table(columns), tmp, compression="zstd", row_group_size=row_group_size)
         os.replace(tmp, out_dir / name)
         files.append(
             {
@@ -121,8 +119,9 @@ def read_split(split_dir: Path, tokenizer_hash: str) -> pa.Table:
     for entry in manifest["files"]:
         path = split_dir / entry["file"]
         if not path.exists() or sha256_file(path) != entry["sha256"]:
-            raise ShardError(f"{path} is missing or does not match its manifest sha256: "
-                             "re-run `dvc repro shard`")
+            raise ShardError(
+                f"{path} is missing or does not match its manifest sha256: re-run `dvc repro shard`"
+            )
         tables.append(pq.read_table(path, memory_map=True))
     if not tables:
         raise ShardError(f"{split_dir} has no shards: check the prepare stage's output")
