@@ -14,10 +14,14 @@ import pytest
 
 from bardlet.data.sources import (
     MIRROR_ENV,
+    OASST1_EN_VALIDATION,
+    OASST1_FULL,
+    OASST1_REVISION,
     SOURCES,
     DownloadError,
     Source,
     fetch,
+    oasst1_sources,
 )
 
 MIRROR_DIR = Path(
@@ -353,5 +357,21 @@ def test_source_paths_cannot_escape(bad_path: str) -> None:
 @pytest.mark.parametrize("name", sorted(SOURCES))
 def test_known_sources_match_the_shared_mirror(name: str, tmp_path: Path) -> None:
     source = SOURCES[name]
+    if source in OASST1_FULL:
+        pytest.skip("the full OASST1 release is not in the offline mirror")
     path = fetch(source, tmp_path, mirror=str(MIRROR_DIR), progress=False)
     assert path.stat().st_size == source.size
+
+
+def test_full_oasst1_release_is_pinned_to_one_revision() -> None:
+    assert oasst1_sources(full=False) == (OASST1_EN_VALIDATION,)
+    assert oasst1_sources(full=True) == OASST1_FULL
+    prefix = f"https://huggingface.co/datasets/OpenAssistant/oasst1/resolve/{OASST1_REVISION}/"
+    for source in OASST1_FULL:
+        assert SOURCES[source.name] is source
+        assert source.url.startswith(prefix)
+        # A mirror laid out like the dataset repository serves the same relative path.
+        assert "oasst1/" + source.url.removeprefix(prefix) == source.path
+        assert source.path.endswith(".parquet")
+    assert {s.size for s in OASST1_FULL} == {39_516_251, 2_080_179}
+    assert len({s.sha256 for s in OASST1_FULL}) == 2

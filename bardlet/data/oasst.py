@@ -25,6 +25,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -76,9 +77,17 @@ def read_messages(path: Path, lang: str | None = "en") -> tuple[list[dict], Oass
     path = Path(path)
     if path.suffix == ".parquet":
         return _collect(_parquet_records(path), lang)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        return _collect(_jsonl_records(f, path), lang)
+    if path.suffix != ".gz":
+        with open(path, "rb") as f:
+            return _collect(_jsonl_records(f, path), lang)
+    try:
+        with gzip.open(path, "rb") as f:
+            return _collect(_jsonl_records(f, path), lang)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise ValueError(
+            f"{path}: not a complete gzip file ({err or 'cut short'}); "
+            "delete it and re-run `dvc repro download`"
+        ) from None
 
 
 def read_all_messages(

@@ -59,18 +59,37 @@ def write_split(
     rows_per_file: int = 50_000,
     row_group_size: int = 1024,
 ) -> dict:
-    """Write rows as zstd Parquet shards and a manifest; returns the manifest."""
+    """Write rows as zstd Parquet shards and a manifest; returns the manifest.
+
+    All or nothing: the manifest (what readers trust) is written last, after every shard is in
+    place. The split's previous manifest and shards are removed first, so if anything fails
+    halfway (a bad row, a full disk, an exception in `rows`) the directory holds no manifest and
+    no shards of this run, and readers refuse it instead of reading a mix of old and new files.
+    A token id outside 0..vocab_size-1, or a loss mask that does not match its tokens, raises
+    ShardError naming the row.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_split_files(out_dir)
     files: list[dict] = []
     pending: list[Row] = []
+    dtype = token_type(vocab_size)
 
     def flush() -> None:
         if not pending:
             return
         has_mask = pending[0].loss_mask is not None
+        for row in pending:
+            _check_row(row, has_mask)
+        try:
+            tokens = pa.array([r.tokens for r in pending], pa.list_(dtype))
+        except (pa.ArrowException, OverflowError, TypeError) as err:
+            raise ShardError(
+                f"{out_dir}: a row has token ids that do not fit {dtype} ({err})"
+            ) from None
+        _check_token_range(tokens, pending, vocab_size)
         columns = {
             "source_id": pa.array([r.source_id for r in pending], pa.string()),
-            "tokens": pa.array([r.tokens for r in pending], pa.list_(token_type(vocab_size))),
+            "tokens": tokens,
         }
         if has_mask:
             columns["loss_mask"] = pa.array([r.loss_mask for r in pending], pa.list_(pa.bool_()))
@@ -88,11 +107,15 @@ def write_split(
         )
         pending.clear()
 
-    for row in rows:
-        pending.append(row)
-        if len(pending) >= rows_per_file:
-            flush()
-    flush()
+    try:
+        for row in rows:
+            pending.append(row)
+            if len(pending) >= rows_per_file:
+                flush()
+        flush()
+    except BaseException:
+        _remove_split_files(out_dir)  # nothing half-written stays behind
+        raise
     manifest = {
         "tokenizer_hash": tokenizer_hash,
         "vocab_size": vocab_size,
@@ -104,28 +127,102 @@ def write_split(
     return manifest
 
 
-def read_split(split_dir: Path, tokenizer_hash: str) -> pa.Table:
-    """All rows of a split, after checking the manifest, each file's sha256 and the tokenizer."""
+def _remove_split_files(out_dir: Path) -> None:
+    """Delete what write_split writes in a split directory: manifest first, then shards."""
+    for pattern in (MANIFEST, MANIFEST + ".tmp", "shard-*.parquet", "shard-*.parquet.tmp"):
+        for path in sorted(out_dir.glob(pattern)):
+            path.unlink(missing_ok=True)
+
+
+def _check_row(row: Row, has_mask: bool) -> None:
+    if (row.loss_mask is not None) != has_mask:
+        raise ShardError(
+            f"row {row.source_id!r}: a split holds either chat rows (with loss_mask) or plain "
+            "rows (without), not both"
+        )
+    if row.loss_mask is not None and len(row.loss_mask) != len(row.tokens):
+        raise ShardError(
+            f"row {row.source_id!r}: {len(row.loss_mask)} loss_mask values for "
+            f"{len(row.tokens)} tokens"
+        )
+
+
+def _check_token_range(tokens: pa.ListArray, rows: list[Row], vocab_size: int) -> None:
+    """Every id must be a token of the vocabulary (0..vocab_size-1): one vectorized check."""
+    values = tokens.flatten().to_numpy(zero_copy_only=False)
+    if values.size == 0:
+        return
+    bad = np.flatnonzero((values < 0) | (values >= vocab_size))
+    if bad.size:
+        offsets = tokens.offsets.to_numpy()
+        row = int(np.searchsorted(offsets, bad[0], side="right")) - 1
+        raise ShardError(
+            f"row {rows[row].source_id!r}: token id {int(values[bad[0]])} is outside the "
+            f"vocabulary (vocab_size {vocab_size})"
+        )
+
+
+def _rerun(problem: str) -> ShardError:
+    return ShardError(f"{problem}: re-run `dvc repro shard`")
+
+
+def read_manifest(split_dir: Path) -> dict:
+    """The split's manifest, checked for the fields readers use; ShardError if unreadable."""
     manifest_path = split_dir / MANIFEST
     if not manifest_path.exists():
-        raise ShardError(f"{manifest_path} is missing: run `dvc repro shard`")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        raise _rerun(f"{manifest_path} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _rerun(f"{manifest_path} is not a JSON manifest ({err})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    well_formed = (
+        isinstance(manifest, dict)
+        and isinstance(manifest.get("tokenizer_hash"), str)
+        and isinstance(files, list)
+        and all(
+            isinstance(f, dict)
+            and isinstance(f.get("file"), str)
+            and "/" not in f["file"]
+            and "\\" not in f["file"]
+            and f["file"] not in ("", ".", "..")
+            and isinstance(f.get("sha256"), str)
+            for f in files
+        )
+    )
+    if not well_formed:
+        raise _rerun(f"{manifest_path} lacks tokenizer_hash or a valid list of files")
+    return manifest
+
+
+def read_split(split_dir: Path, tokenizer_hash: str) -> pa.Table:
+    """All rows of a split, after checking the manifest, each file's sha256 and the tokenizer.
+
+    Any problem (a missing, corrupt or foreign manifest, a shard cut short or changed on
+    disk) raises ShardError naming the file and saying to re-run `dvc repro shard`.
+    """
+    split_dir = Path(split_dir)
+    manifest = read_manifest(split_dir)
     if manifest["tokenizer_hash"] != tokenizer_hash:
-        raise ShardError(
+        raise _rerun(
             f"{split_dir} was written by tokenizer {manifest['tokenizer_hash'][:12]}, "
-            f"but the current tokenizer is {tokenizer_hash[:12]}: re-run `dvc repro shard`"
+            f"but the current tokenizer is {tokenizer_hash[:12]}"
         )
     tables = []
     for entry in manifest["files"]:
         path = split_dir / entry["file"]
         if not path.exists() or sha256_file(path) != entry["sha256"]:
-            raise ShardError(
-                f"{path} is missing or does not match its manifest sha256: re-run `dvc repro shard`"
-            )
-        tables.append(pq.read_table(path, memory_map=True))
+            raise _rerun(f"{path} is missing or does not match its manifest sha256")
+        try:
+            tables.append(pq.read_table(path, memory_map=True))
+        except (pa.ArrowException, OSError) as err:
+            raise _rerun(f"{path} is not a readable Parquet shard ({err})") from None
     if not tables:
         raise ShardError(f"{split_dir} has no shards: check the prepare stage's output")
-    return pa.concat_tables(tables)
+    try:
+        return pa.concat_tables(tables)
+    except pa.ArrowException as err:
+        raise _rerun(f"the shards in {split_dir} do not share one schema ({err})") from None
 
 
 def concat_tokens(table: pa.Table) -> np.ndarray:

@@ -83,8 +83,43 @@ OASST1_EN_VALIDATION = Source(
     size=3_373_178,
 )
 
+# The full OASST1 release (84,437 train + 4,401 validation messages, 35 languages) as Hugging
+# Face publishes it: Parquet, all 18 fields, pinned to a revision. Not in the offline mirror:
+# a machine with internet downloads them when params.yaml asks for the full release. The
+# sha256 sums are the files' Git LFS object ids at that revision. `read_messages` reads them.
+OASST1_REVISION = "fdf72ae0827c1cda404aff25b6603abec9e3399b"
+_OASST1_HF = f"https://huggingface.co/datasets/OpenAssistant/oasst1/resolve/{OASST1_REVISION}"
+
+OASST1_FULL_TRAIN = Source(
+    name="oasst1-full-train",
+    path="oasst1/data/train-00000-of-00001-b42a775f407cee45.parquet",
+    url=f"{_OASST1_HF}/data/train-00000-of-00001-b42a775f407cee45.parquet",
+    sha256="bbfadf5ed1278ba2208c837fdcad865adf65f5df55d80abadab2745db13fcb5e",
+    size=39_516_251,
+)
+
+OASST1_FULL_VALIDATION = Source(
+    name="oasst1-full-validation",
+    path="oasst1/data/validation-00000-of-00001-134b8fd0c89408b6.parquet",
+    url=f"{_OASST1_HF}/data/validation-00000-of-00001-134b8fd0c89408b6.parquet",
+    sha256="24002597bb13a7edd42d92f773762f25e285f72c31a70449393d0ded1dc7b416",
+    size=2_080_179,
+)
+
+# What the pipeline reads: the mirrored English validation slice (default), or the full release.
+OASST1_SLICE: tuple[Source, ...] = (OASST1_EN_VALIDATION,)
+OASST1_FULL: tuple[Source, ...] = (OASST1_FULL_TRAIN, OASST1_FULL_VALIDATION)
+
 # The sources the pipeline knows, by name (what params.yaml refers to).
-SOURCES: dict[str, Source] = {s.name: s for s in (TINYSHAKESPEARE, OASST1_EN_VALIDATION)}
+SOURCES: dict[str, Source] = {
+    s.name: s
+    for s in (TINYSHAKESPEARE, OASST1_EN_VALIDATION, OASST1_FULL_TRAIN, OASST1_FULL_VALIDATION)
+}
+
+
+def oasst1_sources(full: bool) -> tuple[Source, ...]:
+    """The OASST1 files to download and read: the full Parquet release, or the mirrored slice."""
+    return OASST1_FULL if full else OASST1_SLICE
 
 
 class _Hasher(Protocol):
