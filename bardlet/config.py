@@ -31,6 +31,7 @@ class SourceParams(Section):
 
 class DownloadParams(Section):
     sources: list[SourceParams]
+    oasst1_full: bool = False  # the full OASST1 Parquet release instead of the mirrored slice
 
 
 class PrepareParams(Section):
@@ -84,13 +85,20 @@ class TrainParams(Section):
     batch_size: int = Field(gt=0)
     grad_accum: int = Field(1, gt=0)
     learning_rate: float = Field(gt=0)
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps decaying")
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     eval_interval: int = Field(100, gt=0)
     eval_batches: int = Field(20, gt=0)
     log_interval: int = Field(10, gt=0)
+    keep_best: bool = True
+    checkpoint_interval: int = Field(100, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    resume: Literal["auto", "never"] = "auto"
     seed: int = 1337
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
 

@@ -9,8 +9,9 @@ of a validation conversation is ever trained on.
 import json
 
 from bardlet.config import load_params
-from bardlet.data.oasst import build_conversations, read_messages, tree_split
+from bardlet.data.oasst import build_conversations, read_all_messages, tree_split
 from bardlet.data.shards import write_json_atomic
+from bardlet.data.sources import oasst1_sources
 from stages.paths import OASST, RAW, REPORTS, SHAKESPEARE
 
 
@@ -22,7 +23,8 @@ def split_text(data: bytes, val_fraction: float) -> tuple[str, str]:
 
 
 def main() -> None:
-    params = load_params().prepare
+    all_params = load_params()
+    params = all_params.prepare
     train, val = split_text(
         (RAW / "tinyshakespeare/input.txt").read_bytes(), params.shakespeare_val_fraction
     )
@@ -30,7 +32,8 @@ def main() -> None:
     (SHAKESPEARE / "train.txt").write_text(train, encoding="utf-8")
     (SHAKESPEARE / "val.txt").write_text(val, encoding="utf-8")
 
-    messages, stats = read_messages(RAW / "oasst1/en-validation.jsonl", lang=params.oasst_lang)
+    files = [RAW / s.path for s in oasst1_sources(all_params.download.oasst1_full)]
+    messages, stats = read_all_messages(files, lang=params.oasst_lang)
     conversations = build_conversations(messages, mode=params.oasst_mode, stats=stats)
     splits: dict[str, list[dict]] = {"train": [], "val": []}
     for conversation in conversations:

@@ -11,7 +11,7 @@ from bardlet.model import GPT, GPTConfig
 from bardlet.tokenizer import Tokenizer
 from bardlet.training.loop import pick_device, train
 from stages.outputs import save_training
-from stages.paths import BASE_MODEL, SHARDS, TOKENIZER
+from stages.paths import BASE_MODEL, CHECKPOINTS, SHARDS, TOKENIZER
 
 
 def main() -> None:
@@ -34,7 +34,13 @@ def main() -> None:
     with tracking.run("pretrain", run_params, tags) as run_id:
         tracking.log_metrics({"num_params": model.num_params()})
         result = train(
-            model, train_data, lambda: val_batches, settings, token_byte_lengths(tokenizer)
+            model,
+            train_data,
+            lambda: val_batches,
+            settings,
+            token_byte_lengths(tokenizer),
+            checkpoint_dir=CHECKPOINTS / "pretrain",
+            run_identity={"tokenizer": tokenizer.hash, "train_tokens": len(train_tokens)},
         )
         info = {"run_id": run_id, "tokenizer_hash": tokenizer.hash}
         save_training("pretrain", model, result, BASE_MODEL, info)

@@ -12,7 +12,7 @@ from bardlet.tokenizer import Tokenizer
 from bardlet.training import checkpoint
 from bardlet.training.loop import pick_device, train
 from stages.outputs import save_training
-from stages.paths import BASE_MODEL, CHAT_MODEL, SHARDS, TOKENIZER
+from stages.paths import BASE_MODEL, CHAT_MODEL, CHECKPOINTS, SHARDS, TOKENIZER
 
 
 def main() -> None:
@@ -37,7 +37,13 @@ def main() -> None:
     }
     with tracking.run("sft", {"sft": settings.model_dump()}, tags) as run_id:
         result = train(
-            model, train_data, lambda: val_batches, settings, token_byte_lengths(tokenizer)
+            model,
+            train_data,
+            lambda: val_batches,
+            settings,
+            token_byte_lengths(tokenizer),
+            checkpoint_dir=CHECKPOINTS / "sft",
+            run_identity={"tokenizer": tokenizer.hash, "base_run_id": base_info["run_id"]},
         )
         info = {
             "run_id": run_id,

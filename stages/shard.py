@@ -10,9 +10,10 @@ from collections.abc import Iterator
 
 from bardlet.config import load_params
 from bardlet.data.chat_template import render
-from bardlet.data.shards import Row, write_split
+from bardlet.data.report import data_report
+from bardlet.data.shards import Row, write_json_atomic, write_split
 from bardlet.tokenizer import Tokenizer
-from stages.paths import OASST, SHAKESPEARE, SHARDS, TOKENIZER
+from stages.paths import OASST, REPORTS, SHAKESPEARE, SHARDS, TOKENIZER
 
 
 def text_rows(tokenizer: Tokenizer, split: str) -> Iterator[Row]:
@@ -44,6 +45,8 @@ def main() -> None:
                 row_group_size=params.row_group_size,
             )
             print(f"{name}/{split}: {manifest['rows']:,} rows, {manifest['tokens']:,} tokens")
+    REPORTS.mkdir(exist_ok=True)
+    write_json_atomic(REPORTS / "data.json", data_report(SHARDS, tokenizer))
 
 
 if __name__ == "__main__":

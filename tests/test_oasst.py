@@ -14,13 +14,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bardlet.data.oasst import OasstStats, build_conversations, read_messages, tree_split
+from bardlet.data.oasst import (
+    OasstStats,
+    build_conversations,
+    read_all_messages,
+    read_messages,
+    tree_split,
+)
 
 MIRROR_DIR = Path(
     os.environ.get("BARDLET_DATA_MIRROR")
     or Path(__file__).resolve().parents[1].parent / "shared" / "data"
 )
 MIRROR_FILE = MIRROR_DIR / "oasst1" / "en-validation.jsonl"
+needs_mirror = pytest.mark.skipif(not MIRROR_FILE.is_file(), reason="shared data mirror missing")
 
 
 def msg(
@@ -125,6 +132,108 @@ def test_reads_gzipped_files(tmp_path: Path) -> None:
         f.write(json.dumps(msg("p", None, "prompter")) + "\n")
     messages, _ = read_messages(path)
     assert [m["message_id"] for m in messages] == ["p"]
+
+
+def test_gzip_cut_short_or_not_gzip_is_a_clear_error(tmp_path: Path) -> None:
+    whole = gzip.compress((json.dumps(msg("p", None, "prompter")) + "\n").encode() * 50)
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "plain.jsonl.gz").write_bytes(b"this is not gzip\n")
+    for name in ("cut.jsonl.gz", "plain.jsonl.gz"):
+        with pytest.raises(ValueError, match="not a complete gzip file") as excinfo:
+            read_messages(tmp_path / name)
+        assert name in str(excinfo.value)
+
+
+def test_binary_garbage_is_an_error_or_counted_never_a_crash(tmp_path: Path) -> None:
+    garbage = bytes(random.Random(0).randrange(256) for _ in range(4000))
+    (tmp_path / "garbage.jsonl").write_bytes(garbage)
+    with pytest.raises(ValueError, match="garbage.jsonl.*not valid UTF-8"):
+        read_messages(tmp_path / "garbage.jsonl")
+    # Control characters and NULs are valid UTF-8: those lines are counted as malformed.
+    (tmp_path / "nul.jsonl").write_bytes(b"\x00\x01\x02\n\x7f{\n" + b"\x00" * 100)
+    messages, stats = read_messages(tmp_path / "nul.jsonl")
+    assert messages == [] and stats.lines == stats.malformed_lines == 3
+
+
+# --- the Hugging Face Parquet release --------------------------------------------------------
+
+
+def write_parquet(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Rows as a Parquet file shaped like the Hugging Face release: one column per field,
+    nulls where a message has no value (rank of a prompter, say)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_parquet_reads_like_the_jsonl(tmp_path: Path) -> None:
+    rows = [
+        msg("p", None, "prompter"),
+        msg("a", "p", "assistant", rank=0),
+        {**msg("b", "p", "assistant", rank=1), "deleted": None},  # null flag: default
+        {**msg("c", "p", "assistant"), "text": None},  # malformed: no text
+        msg("d", "p", "assistant", lang="de"),
+        {**msg("a", "p", "assistant"), "text": "dup"},
+    ]
+    messages, stats = read_messages(write_parquet(tmp_path / "m.parquet", rows))
+    assert [m["message_id"] for m in messages] == ["p", "a", "b"]
+    assert messages[1] == msg("a", "p", "assistant", rank=0)
+    assert messages[2]["deleted"] is False and messages[0]["rank"] is None
+    assert (stats.lines, stats.malformed_lines, stats.wrong_lang, stats.duplicate_ids) == (
+        6,
+        1,
+        1,
+        1,
+    )
+    german, _ = read_messages(tmp_path / "m.parquet", lang="de")
+    assert [m["message_id"] for m in german] == ["d"]
+
+
+def test_parquet_without_the_needed_columns_is_a_clear_error(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in msg("p", None, "prompter").items() if k != "message_tree_id"}]
+    with pytest.raises(ValueError, match="no column message_tree_id"):
+        read_messages(write_parquet(tmp_path / "m.parquet", rows))
+
+
+@pytest.mark.parametrize("keep", [0, 100, 0.5])
+def test_parquet_cut_short_is_a_clear_error(tmp_path: Path, keep: float) -> None:
+    whole = write_parquet(
+        tmp_path / "whole.parquet", [msg(f"m{i}", None, "prompter") for i in range(50)]
+    )
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(ValueError, match="cut.parquet.*re-run `dvc repro download`"):
+        read_messages(cut)
+
+
+@needs_mirror
+def test_parquet_of_the_mirror_slice_gives_the_same_conversations(tmp_path: Path) -> None:
+    # The mirror's rows, written as Parquet with all their fields (nested ones included),
+    # like the full release: same messages, same counts, same conversations in both modes.
+    lines = MIRROR_FILE.read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    path = write_parquet(tmp_path / "slice.parquet", rows)
+
+    from_jsonl, jsonl_stats = read_messages(MIRROR_FILE)
+    from_parquet, parquet_stats = read_messages(path)
+    assert from_parquet == from_jsonl
+    assert parquet_stats.as_dict() == jsonl_stats.as_dict()
+    for mode in ("best", "all"):
+        assert build_conversations(from_parquet, mode) == build_conversations(from_jsonl, mode)
+
+
+def test_read_all_messages_joins_files_and_counts_duplicates(tmp_path: Path) -> None:
+    train = write_parquet(tmp_path / "train.parquet", [msg("p", None, "prompter", tree="p")])
+    val = write_jsonl(
+        tmp_path / "val.jsonl",
+        [json.dumps(msg("q", None, "prompter", tree="q")), json.dumps(msg("p", None, "prompter"))],
+    )
+    messages, stats = read_all_messages([train, val])
+    assert [m["message_id"] for m in messages] == ["p", "q"]
+    assert (stats.lines, stats.messages, stats.duplicate_ids) == (3, 2, 1)
 
 
 # --- building conversations ------------------------------------------------------------------
@@ -302,8 +411,6 @@ def test_tree_split_rejects_bad_percent(bad: float) -> None:
 
 
 # --- the real slice in the shared mirror -----------------------------------------------------
-
-needs_mirror = pytest.mark.skipif(not MIRROR_FILE.is_file(), reason="shared data mirror missing")
 
 
 @needs_mirror

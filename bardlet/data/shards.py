@@ -3,7 +3,8 @@
 A split directory holds `shard-00000.parquet`, ... and `manifest.json` with each file's
 rows, tokens and sha256, and the hash of the tokenizer that produced the ids. Readers verify
 both, so a shard written by another tokenizer, or cut short on disk, is refused with a clear
-message instead of training on garbage.
+message instead of training on garbage. Writing is all or nothing: the manifest comes last,
+and a write that fails halfway removes what it wrote, so no reader ever sees half a split.
 """
 
 from __future__ import annotations
@@ -73,19 +74,20 @@ def write_split(
     files: list[dict] = []
     pending: list[Row] = []
     dtype = token_type(vocab_size)
+    chat: list[bool] = []  # [whether the split's rows carry a loss mask], set by the first row
 
     def flush() -> None:
         if not pending:
             return
-        has_mask = pending[0].loss_mask is not None
+        if not chat:
+            chat.append(pending[0].loss_mask is not None)
+        has_mask = chat[0]
         for row in pending:
             _check_row(row, has_mask)
         try:
             tokens = pa.array([r.tokens for r in pending], pa.list_(dtype))
         except (pa.ArrowException, OverflowError, TypeError) as err:
-            raise ShardError(
-                f"{out_dir}: a row has token ids that do not fit {dtype} ({err})"
-            ) from None
+            raise _bad_tokens(pending, vocab_size, err) from None
         _check_token_range(tokens, pending, vocab_size)
         columns = {
             "source_id": pa.array([r.source_id for r in pending], pa.string()),
@@ -160,6 +162,18 @@ def _check_token_range(tokens: pa.ListArray, rows: list[Row], vocab_size: int) -
             f"row {rows[row].source_id!r}: token id {int(values[bad[0]])} is outside the "
             f"vocabulary (vocab_size {vocab_size})"
         )
+
+
+def _bad_tokens(rows: list[Row], vocab_size: int, err: Exception) -> ShardError:
+    """The error for rows Arrow could not convert (only on that path: a Python scan is fine)."""
+    for row in rows:
+        for token in row.tokens:
+            if not isinstance(token, int | np.integer) or not 0 <= token < vocab_size:
+                return ShardError(
+                    f"row {row.source_id!r}: token id {token!r} is outside the vocabulary "
+                    f"(vocab_size {vocab_size})"
+                )
+    return ShardError(f"token ids that do not fit the shard's integer type ({err})")
 
 
 def _rerun(problem: str) -> ShardError:

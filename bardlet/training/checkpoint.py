@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from bardlet.model import GPT, GPTConfig
 
@@ -49,3 +50,70 @@ def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[GPT, dict
     load_model(model, str(model_dir / WEIGHTS), device=str(device))
     model.to(device).eval()
     return model, info
+
+
+# --- Resumable training state -------------------------------------------------------------
+# A training checkpoint is a folder `step-000123/` holding the weights, the optimizer's
+# tensors (safetensors), and state.json: step, RNG state, history, and a fingerprint of the
+# settings, so a run never resumes from a checkpoint made with other params or data.
+
+STATE = "state.json"
+OPTIMIZER = "optimizer.safetensors"
+
+
+def save_state(
+    root: Path,
+    step: int,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write checkpoint `root/step-XXXXXX` atomically (temp folder + rename); keep the last `keep`."""
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / WEIGHTS))
+    optimizer_state = optimizer.state_dict()
+    tensors = {
+        f"{index}.{name}": value.contiguous()
+        for index, slots in optimizer_state["state"].items()
+        for name, value in slots.items()
+    }
+    save_file(tensors, str(tmp / OPTIMIZER))
+    payload = {
+        "step": step,
+        "param_groups": optimizer_state["param_groups"],
+        "torch_rng": torch.get_rng_state().tolist(),
+        **state,
+    }
+    (tmp / STATE).write_text(json.dumps(payload) + "\n", encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoints(root)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a crash mid-write leaves only a .tmp- folder)."""
+    if not root.exists():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / STATE).exists())
+
+
+def load_state(folder: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer and RNG from a checkpoint folder; returns state.json."""
+    state: dict[str, Any] = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    load_model(model, str(folder / WEIGHTS))
+    tensors = load_file(str(folder / OPTIMIZER))
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        slots.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
+    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    return state

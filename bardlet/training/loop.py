@@ -2,24 +2,39 @@
 
 The loop only sees batches of (inputs, targets) with -1 where no loss is taken, so the same
 code trains the base model and the chat model. On CUDA it uses bf16 autocast and
-torch.compile; on CPU plain fp32 eager (the fastest choice at this size, measured).
+torch.compile; on CPU plain fp32 eager.
+
+Resuming is exact: batches are a pure function of (seed, step), the learning rate a function
+of the step, and a checkpoint holds weights, optimizer moments and the RNG state, so a run
+killed at any point and resumed ends with the same weights, bit for bit, as one that never
+stopped. SIGINT / SIGTERM finish the current step, save a checkpoint and exit.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from bardlet import tracking
 from bardlet.config import TrainParams
 from bardlet.data.loaders import Batch, BatchSource
 from bardlet.evaluation import measure
 from bardlet.model import GPT
+from bardlet.training import checkpoint
 
 
 def pick_device() -> torch.device:
@@ -27,13 +42,20 @@ def pick_device() -> torch.device:
 
 
 def learning_rate(step: int, params: TrainParams) -> float:
-    """Linear warmup, then cosine decay to min_lr_ratio * learning_rate."""
+    """Linear warmup, then either cosine decay to min_lr_ratio * peak, or warmup-stable-decay:
+    hold the peak, then decay linearly to the floor over the last decay_fraction of steps."""
     peak = params.learning_rate
+    floor = peak * params.min_lr_ratio
     if step < params.warmup_steps:
         return peak * (step + 1) / params.warmup_steps
+    if params.schedule == "wsd":
+        decay_steps = max(int(params.max_steps * params.decay_fraction), 1)
+        decay_start = params.max_steps - decay_steps
+        if step < decay_start:
+            return peak
+        return peak - (peak - floor) * min((step - decay_start) / decay_steps, 1.0)
     decay_steps = max(params.max_steps - params.warmup_steps, 1)
     progress = min((step - params.warmup_steps) / decay_steps, 1.0)
-    floor = peak * params.min_lr_ratio
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
@@ -56,9 +78,21 @@ class TrainResult:
     final: dict[str, float] = field(default_factory=dict)
 
 
+class Interrupted(SystemExit):
+    """SIGINT/SIGTERM arrived: a checkpoint was saved; run the stage again to resume."""
+
+
 def _format_eta(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes}m{seconds:02d}s"
+
+
+def fingerprint(params: TrainParams, model: GPT, extra: dict[str, Any]) -> str:
+    """What a checkpoint must agree on to be resumed: settings (not the resume policy itself),
+    model shape, and whatever the caller adds (tokenizer, data)."""
+    settings = params.model_dump(exclude={"resume", "threads", "keep_checkpoints"})
+    blob = json.dumps([settings, model.config.to_dict(), extra], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def train(
@@ -67,12 +101,17 @@ def train(
     val_batches: Callable[[], list[Batch]],
     params: TrainParams,
     byte_lengths: np.ndarray,
+    checkpoint_dir: Path | None = None,
+    run_identity: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train `model` in place for params.max_steps optimizer steps.
 
-    train_data.batch(step) gives the training batch of a micro-step; val_batches() the fixed
-    validation batches measured every eval_interval steps (loss and bits per byte).
+    train_data.batch(step) gives the batch of a micro-step; val_batches() the fixed validation
+    batches measured every eval_interval steps. With checkpoint_dir, training state is saved
+    every checkpoint_interval steps and (resume: auto) picked up from the newest checkpoint
+    that matches these settings. At the end the model holds the weights with the best
+    validation loss (keep_best) or the last ones.
     """
     device = next(model.parameters()).device
     if params.threads:
@@ -82,62 +121,141 @@ def train(
     use_cuda = device.type == "cuda"
     forward = torch.compile(model) if use_cuda else model
     result = TrainResult()
-    tokens_per_step = 0
-    start = time.perf_counter()
-    model.train()
+    identity = fingerprint(params, model, run_identity or {})
+    best: dict[str, Any] = {"val_loss": math.inf, "step": 0, "weights": None}
+
+    start_step = 0
+    found = checkpoint.checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
+    if found:
+        newest = found[-1]
+        state = json.loads((newest / checkpoint.STATE).read_text(encoding="utf-8"))
+        if params.resume == "auto" and state.get("fingerprint") == identity:
+            state = checkpoint.load_state(newest, model, optimizer)
+            start_step = state["step"]
+            result.history = state["history"]
+            best.update(val_loss=state["best_val_loss"], step=state["best_step"])
+            if (newest / "best.safetensors").exists():
+                best["weights"] = checkpoint.load_file(str(newest / "best.safetensors"))
+            log(f"resuming from {newest} (step {start_step})")
+        else:
+            # Another run's state (other settings, or resume: never): start afresh.
+            log(f"starting afresh: removing {len(found)} old checkpoint(s) in {checkpoint_dir}")
+            for folder in found:
+                shutil.rmtree(folder)
+
+    # Finish the step in progress, save, then exit: Ctrl-C never loses more than one step.
+    stop: list[int] = []
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stop.append(signum)
+
+    previous_handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signals reach only the main one
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[sig] = signal.signal(sig, request_stop)
+
+    def save(step: int) -> None:
+        if checkpoint_dir is None:
+            return
+        folder = checkpoint.save_state(
+            checkpoint_dir,
+            step,
+            model,
+            optimizer,
+            {
+                "fingerprint": identity,
+                "history": result.history,
+                "best_val_loss": best["val_loss"],
+                "best_step": best["step"],
+            },
+            keep=params.keep_checkpoints,
+        )
+        if best["weights"] is not None:
+            checkpoint.save_file(best["weights"], str(folder / "best.safetensors"))
 
     def evaluate(step: int) -> None:
         metrics = measure(model, val_batches(), byte_lengths, device)
         row = {
             "step": float(step),
-            "seconds": time.perf_counter() - start,
+            "seconds": time.perf_counter() - started + elapsed_before,
             "val_loss": metrics["loss"],
             "val_bpb": metrics["bpb"],
         }
         result.history.append(row)
+        if metrics["loss"] < best["val_loss"]:
+            weights = model.state_dict()
+            best.update(
+                val_loss=metrics["loss"],
+                step=step,
+                weights={k: v.detach().clone().contiguous() for k, v in weights.items()},
+            )
         tracking.log_metrics({"val_loss": metrics["loss"], "val_bpb": metrics["bpb"]}, step)
         log(f"step {step:>5} | val loss {metrics['loss']:.4f} | val bpb {metrics['bpb']:.4f}")
 
-    for step in range(params.max_steps):
-        lr = learning_rate(step, params)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = 0.0
-        for micro in range(params.grad_accum):
-            inputs, targets = train_data.batch(step * params.grad_accum + micro)
-            x = torch.from_numpy(inputs).to(device, non_blocking=True)
-            y = torch.from_numpy(targets).to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
-                _, loss, _ = forward(x, y)
-            assert loss is not None
-            (loss / params.grad_accum).backward()
-            loss_sum += float(loss.detach())
-            tokens_per_step = x.numel() * params.grad_accum
-        if params.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    elapsed_before = result.history[-1]["seconds"] if result.history else 0.0
+    started = time.perf_counter()
+    model.train()
+    try:
+        for step in range(start_step, params.max_steps):
+            lr = learning_rate(step, params)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(params.grad_accum):
+                inputs, targets = train_data.batch(step * params.grad_accum + micro)
+                x = torch.from_numpy(inputs).to(device, non_blocking=True)
+                y = torch.from_numpy(targets).to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
+                    logits, _, _ = forward(x)
+                loss = F.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]),
+                    y.reshape(-1),
+                    ignore_index=-1,
+                    label_smoothing=params.label_smoothing,
+                )
+                (loss / params.grad_accum).backward()
+                loss_sum += float(loss.detach())
+            if params.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        done = step + 1
-        if done % params.log_interval == 0 or done == params.max_steps:
-            elapsed = time.perf_counter() - start
-            tokens_per_s = done * tokens_per_step / elapsed
-            train_loss = loss_sum / params.grad_accum
-            tracking.log_metrics(
-                {"train_loss": train_loss, "lr": lr, "tokens_per_s": tokens_per_s}, done
-            )
-            eta = elapsed / done * (params.max_steps - done)
-            log(
-                f"step {done:>5}/{params.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
-                f"{tokens_per_s:,.0f} tok/s | eta {_format_eta(eta)}"
-            )
-        if done % params.eval_interval == 0 or done == params.max_steps:
-            evaluate(done)
+            done = step + 1
+            if done % params.log_interval == 0 or done == params.max_steps:
+                seconds = time.perf_counter() - started
+                tokens_per_s = (done - start_step) * x.numel() * params.grad_accum / seconds
+                train_loss = loss_sum / params.grad_accum
+                tracking.log_metrics(
+                    {"train_loss": train_loss, "lr": lr, "tokens_per_s": tokens_per_s}, done
+                )
+                eta = seconds / (done - start_step) * (params.max_steps - done)
+                log(
+                    f"step {done:>5}/{params.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
+                    f"{tokens_per_s:,.0f} tok/s | eta {_format_eta(eta)}"
+                )
+            if done % params.eval_interval == 0 or done == params.max_steps:
+                evaluate(done)
+            if done % params.checkpoint_interval == 0 or done == params.max_steps:
+                save(done)
+            if stop:
+                save(done)
+                name = signal.Signals(stop[0]).name
+                log(f"{name}: checkpoint saved at step {done}; run again to resume")
+                raise Interrupted(128 + stop[0])
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
 
+    last = result.history[-1]
+    chosen = last
+    if params.keep_best and best["weights"] is not None:
+        model.load_state_dict(best["weights"])
+        chosen = next(r for r in result.history if r["step"] == best["step"])
     result.final = {
-        "val_loss": result.history[-1]["val_loss"],
-        "val_bpb": result.history[-1]["val_bpb"],
-        "train_seconds": time.perf_counter() - start,
+        "val_loss": chosen["val_loss"],
+        "val_bpb": chosen["val_bpb"],
+        "step": chosen["step"],
+        "train_seconds": last["seconds"],
         "steps": float(params.max_steps),
     }
     return result

@@ -1,0 +1,452 @@
+"""Benchmark bardlet's training step against a `torch.nn.TransformerEncoderLayer` baseline.
+
+    .venv/bin/python bench/train.py --json bench/results/train.json   # 10-15 minutes
+    .venv/bin/python bench/train.py --quick     # about a minute: 1 thread, few steps, no compile
+
+What is timed: whole training steps on CPU in fp32, as bardlet's loop runs them (forward with
+loss, backward, clip_grad_norm_ 1.0, AdamW with the loop's decay groups, zero_grad), on a few
+fixed random batches. Warmup steps first, then the median ms/iter over the timed steps.
+
+Shapes: the default model (params.yaml: model section, vocab = tokenizer.vocab_size,
+batch = pretrain.batch_size, context = model.block_size) and nanoGPT's baby-GPT
+(4 layers, 4 heads, 128 wide, context 64, batch 12, vocab 65).
+
+Models at each shape:
+- bardlet: `bardlet.model.GPT` (RMSNorm, rotary, SwiGLU, SDPA causal attention, tied head).
+- baseline: how most small chatbot projects write it: token + learned position embedding,
+  `nn.TransformerEncoder` of pre-norm `nn.TransformerEncoderLayer`s (GELU MLP 4x wide, biases)
+  with the causal mask from `nn.Transformer.generate_square_subsequent_mask`, final LayerNorm,
+  tied linear head, cross-entropy. (torch recognises that mask as causal and hands SDPA
+  `is_causal=True`, so both models get the same fused attention kernel.)
+- bardlet + torch.compile (default shape, full run only, first round only): compile time is
+  the first step's wall time minus a steady step, with a fresh inductor cache (a cold compile).
+
+MFU = achieved FLOPs/s / peak. FLOPs per token = 6 * N + 12 * n_layer * n_embd * context
+(PaLM appendix B, as nanoGPT's estimate_mfu): N = the parameters that do matmul work, i.e.
+all parameters except position-embedding tables; the tied token embedding is counted once,
+because it is also the output head's matrix. The peak is measured in the same run at the same
+thread count: the best of several 2048x2048 fp32 matmuls (2 * 2048^3 FLOPs each).
+
+Every row runs in its own subprocess, so its peak RSS (`ru_maxrss`) is its own; "RSS +" is the
+peak minus the RSS right after `import torch`. Rows run in alternating rounds (bardlet,
+baseline, bardlet, ...) and the timed steps of all rounds are pooled, because the machine is
+shared: other jobs may be running beside the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bardlet.config import load_params
+from bardlet.model import GPT, GPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PEAK_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    batch_size: int
+    vocab_size: int
+    mlp_ratio: float = 8 / 3
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.block_size
+
+
+def default_shape() -> Shape:
+    params = load_params(REPO / "params.yaml")
+    m = params.model
+    return Shape(
+        "default",
+        m.n_layer,
+        m.n_head,
+        m.n_embd,
+        m.block_size,
+        params.pretrain.batch_size,
+        params.tokenizer.vocab_size,
+        m.mlp_ratio,
+    )
+
+
+BABY_GPT = Shape("baby-GPT", 4, 4, 128, 64, 12, 65)
+
+
+class TorchEncoderGPT(nn.Module):
+    """The usual 'GPT from nn.TransformerEncoderLayer + causal mask' of small projects."""
+
+    def __init__(self, shape: Shape) -> None:
+        super().__init__()
+        width = shape.n_embd
+        self.tok_emb = nn.Embedding(shape.vocab_size, width)
+        self.pos_emb = nn.Embedding(shape.block_size, width)
+        layer = nn.TransformerEncoderLayer(
+            width,
+            shape.n_head,
+            dim_feedforward=4 * width,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, shape.n_layer, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, shape.vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight
+        mask = nn.Transformer.generate_square_subsequent_mask(shape.block_size)
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        time_ = idx.shape[1]
+        positions = torch.arange(time_, device=idx.device)
+        x = self.tok_emb(idx) + self.pos_emb(positions)
+        x = self.encoder(x, mask=self.causal_mask[:time_, :time_])
+        logits = self.head(self.norm(x))
+        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+
+def build_model(kind: str, shape: Shape) -> nn.Module:
+    if kind == "baseline":
+        return TorchEncoderGPT(shape)
+    config = GPTConfig(
+        vocab_size=shape.vocab_size,
+        block_size=shape.block_size,
+        n_layer=shape.n_layer,
+        n_head=shape.n_head,
+        n_embd=shape.n_embd,
+        mlp_ratio=shape.mlp_ratio,
+        dropout=0.0,
+    )
+    return GPT(config)
+
+
+def matmul_params(model: nn.Module) -> int:
+    """Parameters that do matmul work: all but position-embedding tables (tied counted once)."""
+    total = sum(p.numel() for p in model.parameters())
+    pos_emb = getattr(model, "pos_emb", None)
+    return total - (pos_emb.weight.numel() if pos_emb is not None else 0)
+
+
+def flops_per_token(n_matmul: int, shape: Shape) -> int:
+    return 6 * n_matmul + 12 * shape.n_layer * shape.n_embd * shape.block_size
+
+
+def make_optimizer(model: nn.Module) -> torch.optim.AdamW:
+    """bardlet.training.loop.make_optimizer on CPU, for both models (not imported from there:
+    that module pulls in mlflow, seconds of start-up per row)."""
+    train = load_params(REPO / "params.yaml").pretrain
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=train.learning_rate, betas=(0.9, 0.95))
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+# ---------------------------------------------------------------- worker side (one subprocess)
+
+
+def worker_peak(threads: int, repeats: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    a = torch.randn(PEAK_SIZE, PEAK_SIZE)
+    b = torch.randn(PEAK_SIZE, PEAK_SIZE)
+    out = torch.empty(PEAK_SIZE, PEAK_SIZE)
+    torch.mm(a, b, out=out)  # warm up MKL
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return {"threads": threads, "gflops": 2 * PEAK_SIZE**3 / best / 1e9, "best_s": best}
+
+
+def worker_row(job: dict[str, Any]) -> dict[str, Any]:
+    threads, shape = job["threads"], Shape(**job["shape"])
+    torch.set_num_threads(threads)
+    rss_import = max_rss_mb()
+    torch.manual_seed(0)
+    model = build_model(job["kind"], shape)
+    model.train()
+    forward = torch.compile(model) if job["compile"] else model
+    optimizer = make_optimizer(model)
+    generator = torch.Generator().manual_seed(0)
+    batch_shape = (shape.batch_size, shape.block_size + 1)
+    batches = [torch.randint(shape.vocab_size, batch_shape, generator=generator) for _ in range(4)]
+
+    def step(i: int) -> float:
+        batch = batches[i % len(batches)]
+        _, loss, *_ = forward(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    start = time.perf_counter()
+    first_loss = step(0)
+    first_step_s = time.perf_counter() - start
+    for i in range(1, job["warmup"]):
+        step(i)
+    times_ms = []
+    for i in range(job["iters"]):
+        start = time.perf_counter()
+        last_loss = step(job["warmup"] + i)
+        times_ms.append((time.perf_counter() - start) * 1000)
+    n_matmul = matmul_params(model)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "matmul_params": n_matmul,
+        "flops_per_token": flops_per_token(n_matmul, shape),
+        "first_step_s": first_step_s,
+        "times_ms": times_ms,
+        "loss_first": first_loss,
+        "loss_last": last_loss,
+        "rss_import_mb": rss_import,
+        "rss_peak_mb": max_rss_mb(),
+    }
+
+
+# ---------------------------------------------------------------- driver side
+
+
+def run_worker(job: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]), PYTHONPATH=str(REPO))
+    with tempfile.TemporaryDirectory() as cache:
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache  # cold compile every time
+        try:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(job)],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=REPO,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class RowSpec:
+    shape: Shape
+    kind: str  # "bardlet" or "baseline"
+    threads: int
+    compile: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.kind + (" + torch.compile" if self.compile else "")
+
+
+def measure(specs: list[RowSpec], rounds: int, warmup: int, iters: dict[str, int]) -> list[dict]:
+    results: list[list[dict[str, Any]]] = [[] for _ in specs]
+    for round_ in range(rounds):
+        order = list(range(len(specs)))
+        if round_ % 2:
+            order.reverse()  # alternate the order so no row always runs first or last
+        for index in order:
+            spec = specs[index]
+            if spec.compile and round_ > 0:
+                continue  # one cold compile per thread count is enough (and takes minutes)
+            job = {
+                "shape": asdict(spec.shape),
+                "kind": spec.kind,
+                "threads": spec.threads,
+                "compile": spec.compile,
+                "warmup": warmup + (2 if spec.compile else 0),
+                "iters": iters[spec.shape.name],
+            }
+            result = run_worker(job, timeout=600 if spec.compile else 900)
+            results[index].append(result)
+            status = result.get("error") or f"{statistics.median(result['times_ms']):.1f} ms/iter"
+            print(
+                f"  round {round_ + 1}: {spec.shape.name} {spec.label} {spec.threads}T: {status}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return [pool(spec, runs) for spec, runs in zip(specs, results, strict=True)]
+
+
+def pool(spec: RowSpec, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "shape": spec.shape.name,
+        "model": spec.label,
+        "threads": spec.threads,
+        "batch": spec.shape.batch_size,
+        "context": spec.shape.block_size,
+    }
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        row["error"] = runs[0]["error"] if runs else "not run"
+        return row
+    times = [t for r in ok for t in r["times_ms"]]
+    ms = statistics.median(times)
+    row.update(
+        params=ok[0]["params"],
+        matmul_params=ok[0]["matmul_params"],
+        flops_per_token=ok[0]["flops_per_token"],
+        ms_per_iter=ms,
+        round_medians_ms=[statistics.median(r["times_ms"]) for r in ok],
+        timed_steps=len(times),
+        tokens_per_s=spec.shape.tokens_per_step / (ms / 1000),
+        rss_peak_mb=max(r["rss_peak_mb"] for r in ok),
+        rss_above_import_mb=max(r["rss_peak_mb"] - r["rss_import_mb"] for r in ok),
+        loss_first=ok[0]["loss_first"],
+        loss_last=ok[0]["loss_last"],
+    )
+    if spec.compile:
+        row["compile_s"] = statistics.median(r["first_step_s"] - ms / 1000 for r in ok)
+    return row
+
+
+def annotate(rows: list[dict[str, Any]], peaks: dict[int, float]) -> None:
+    """Add MFU and the tokens/s ratio to the eager baseline (and eager bardlet for compile)."""
+    by_key = {(r["shape"], r["model"], r["threads"]): r for r in rows}
+    for row in rows:
+        if "error" in row:
+            continue
+        peak = peaks[row["threads"]]
+        row["peak_gflops"] = peak
+        row["mfu"] = row["flops_per_token"] * row["tokens_per_s"] / (peak * 1e9)
+        refs = [("baseline", "vs_baseline")]
+        if row["model"].endswith("torch.compile"):
+            refs.append(("bardlet", "vs_bardlet_eager"))
+        for ref_name, key in refs:
+            ref = by_key.get((row["shape"], ref_name, row["threads"]))
+            if ref is not None and ref is not row and "error" not in ref:
+                row[key] = row["tokens_per_s"] / ref["tokens_per_s"]
+
+
+def markdown(rows: list[dict[str, Any]], shapes: list[Shape], peaks: dict[int, float]) -> str:
+    lines = []
+    for shape in shapes:
+        lines.append(
+            f"- {shape.name}: {shape.n_layer} layers, {shape.n_head} heads, {shape.n_embd} wide, "
+            f"context {shape.block_size}, batch {shape.batch_size}, vocab {shape.vocab_size} "
+            f"({shape.tokens_per_step} tokens/step)"
+        )
+    peak_text = ", ".join(f"{t} thread{'s' * (t > 1)}: {g:.1f}" for t, g in peaks.items())
+    lines.append(f"- fp32 matmul peak ({PEAK_SIZE}x{PEAK_SIZE}, best of run), GFLOP/s: {peak_text}")
+    lines.append("")
+    header = (
+        "| shape | model | threads | params | ms/iter | tokens/s | MFU | x baseline "
+        "| peak RSS MB (+ above import) | note |"
+    )
+    lines += [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        head = f"| {row['shape']} | {row['model']} | {row['threads']} "
+        if "error" in row:
+            lines.append(head + f"| | | | | | | failed: {row['error'][:80]} |")
+            continue
+        note = []
+        if "compile_s" in row:
+            note.append(f"compile {row['compile_s']:.0f} s")
+        if "vs_bardlet_eager" in row:
+            note.append(f"{row['vs_bardlet_eager']:.2f}x eager bardlet")
+        ratio = f"{row['vs_baseline']:.2f}x" if "vs_baseline" in row else "1.00x"
+        lines.append(
+            head + f"| {row['params'] / 1e6:.3f}M | {row['ms_per_iter']:.1f} "
+            f"| {row['tokens_per_s']:,.0f} | {100 * row['mfu']:.1f}% | {ratio} "
+            f"| {row['rss_peak_mb']:.0f} (+{row['rss_above_import_mb']:.0f}) | {'; '.join(note)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few steps, one round, no compile")
+    parser.add_argument("--json", type=Path, help="also write the table as JSON to this file")
+    parser.add_argument("--threads", help="comma-separated thread counts (1,2; quick: 1)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        job = json.loads(args.worker)
+        result = worker_peak(job["threads"], job["peak"]) if "peak" in job else worker_row(job)
+        print(json.dumps(result))
+        return
+
+    threads = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",")]
+    shapes = [default_shape(), BABY_GPT]
+    with_compile = not (args.quick or args.no_compile)
+    if args.quick:
+        rounds, warmup, iters = 1, 1, {"default": 3, "baby-GPT": 10}
+    else:
+        rounds, warmup, iters = 2, 2, {"default": 10, "baby-GPT": 40}
+    specs = []
+    for n in threads:
+        for shape in shapes:
+            specs += [RowSpec(shape, "bardlet", n), RowSpec(shape, "baseline", n)]
+            if with_compile and shape.name == "default":
+                specs.append(RowSpec(shape, "bardlet", n, compile=True))
+
+    print(f"cpu: {os.cpu_count()} cores, load average {os.getloadavg()}", file=sys.stderr)
+    start = time.perf_counter()
+    peaks: dict[int, float] = {}
+    for n in threads:  # before and after the rows: the best is the peak
+        peaks[n] = run_worker({"threads": n, "peak": 5 if args.quick else 20})["gflops"]
+    rows = measure(specs, rounds, warmup, iters)
+    if not args.quick:
+        for n in threads:
+            peaks[n] = max(peaks[n], run_worker({"threads": n, "peak": 20})["gflops"])
+    annotate(rows, peaks)
+    table = markdown(rows, shapes, peaks)
+    print(table)
+    elapsed = time.perf_counter() - start
+    print(f"\n({elapsed:.0f} s; load average {os.getloadavg()})", file=sys.stderr)
+    if args.json:
+        meta = {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "rounds": rounds,
+            "warmup": warmup,
+            "iters_per_round": iters,
+            "peak_gflops": peaks,
+            "flops_formula": "6*N + 12*n_layer*n_embd*context per token; N excludes "
+            "position embeddings, counts the tied token embedding once",
+            "shapes": [asdict(s) for s in shapes],
+            "load_average_end": os.getloadavg(),
+            "seconds": elapsed,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Resumable training: SIGKILL at a random step, resume, and end bit-identical; SIGTERM saves."""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bardlet.config import TrainParams
+from bardlet.model import GPT, GPTConfig
+from bardlet.training import checkpoint
+from bardlet.training.loop import learning_rate, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import sys, numpy as np, torch
+from pathlib import Path
+from safetensors.torch import save_model
+from bardlet.config import TrainParams
+from bardlet.data.loaders import TokenWindows
+from bardlet.model import GPT, GPTConfig
+from bardlet.training.loop import train
+
+out = Path(sys.argv[1])
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1))
+tokens = np.random.default_rng(0).integers(0, 64, 5000).astype(np.uint16)
+data = TokenWindows(tokens, 16, 4, seed=1)
+val = [data.batch(10_000)]
+params = TrainParams(max_steps=40, batch_size=4, learning_rate=1e-2, warmup_steps=3,
+                     eval_interval=10, eval_batches=1, log_interval=1, checkpoint_interval=3,
+                     keep_checkpoints=2, threads=1, seed=5, keep_best=False)
+step_delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+
+class Slow:  # gives the test time to kill us mid-run
+    def batch(self, step):
+        import time; time.sleep(step_delay)
+        return data.batch(step)
+
+train(model, Slow(), lambda: val, params, np.ones(64, dtype=np.int64),
+      checkpoint_dir=out / "ckpt", log=lambda line: print(line, flush=True))
+save_model(model, str(out / "final.safetensors"))
+print("finished", flush=True)
+"""
+
+
+def launch(tmp: Path, folder: str, delay: float = 0.0) -> subprocess.Popen:
+    script = tmp / "train_script.py"
+    script.write_text(SCRIPT)
+    (tmp / folder).mkdir(exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp / folder), str(delay)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def wait_for_step(process: subprocess.Popen, step: int, timeout: float = 120) -> list[str]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if line.startswith(f"step {step:>5}/"):
+            return seen
+    raise AssertionError(f"never reached step {step}:\n{''.join(seen)}")
+
+
+def final_weights(tmp: Path, folder: str) -> dict[str, torch.Tensor]:
+    return load_file(str(tmp / folder / "final.safetensors"))
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    reference = launch(tmp_path, "reference")
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out
+
+    kill_at = random.Random().randint(4, 35)
+    victim = launch(tmp_path, "killed", delay=0.02)
+    wait_for_step(victim, kill_at)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "final.safetensors").exists()
+
+    resumed = launch(tmp_path, "killed")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "resuming from" in out or kill_at < 3, out
+    expected, actual = final_weights(tmp_path, "reference"), final_weights(tmp_path, "killed")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), f"{name} differs (killed at {kill_at})"
+    kept = checkpoint.checkpoints(tmp_path / "killed" / "ckpt")
+    assert [p.name for p in kept] == ["step-000039", "step-000040"] or len(kept) == 2
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    process = launch(tmp_path, "run", delay=0.05)
+    wait_for_step(process, 5)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, out
+    assert "SIGTERM: checkpoint saved at step" in out and "Traceback" not in out
+    saved = checkpoint.checkpoints(tmp_path / "run" / "ckpt")
+    assert saved, "no checkpoint written"
+    stopped_at = int(out.split("checkpoint saved at step ")[1].split(";")[0])
+    assert saved[-1].name == f"step-{stopped_at:06d}"
+
+
+def tiny_params(**overrides) -> TrainParams:
+    base = dict(
+        max_steps=6,
+        batch_size=2,
+        learning_rate=1e-2,
+        eval_interval=3,
+        eval_batches=1,
+        log_interval=3,
+        checkpoint_interval=2,
+        keep_checkpoints=2,
+    )
+    return TrainParams(**{**base, **overrides})
+
+
+def test_checkpoints_from_other_settings_are_not_resumed(tmp_path):
+    import numpy as np
+
+    from bardlet.data.loaders import TokenWindows
+
+    data = TokenWindows(np.arange(500, dtype=np.uint16) % 50, 8, 2, seed=0)
+    ones = np.ones(50, dtype=np.int64)
+
+    def model() -> GPT:
+        torch.manual_seed(0)
+        return GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=1, n_embd=8))
+
+    logs: list[str] = []
+    train(model(), data, lambda: [data.batch(99)], tiny_params(), ones, tmp_path, log=logs.append)
+    assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ["step-000004", "step-000006"]
+    logs.clear()
+    train(
+        model(),
+        data,
+        lambda: [data.batch(99)],
+        tiny_params(learning_rate=2e-2),
+        ones,
+        tmp_path,
+        log=logs.append,
+    )
+    assert any("starting afresh" in line for line in logs)
+    assert not any("resuming" in line for line in logs)
+    logs.clear()
+    train(
+        model(),
+        data,
+        lambda: [data.batch(99)],
+        tiny_params(learning_rate=2e-2),
+        ones,
+        tmp_path,
+        log=logs.append,
+    )
+    assert any("resuming from" in line for line in logs)
+
+
+@pytest.mark.parametrize("step,expected", [(0, 0.1), (9, 1.0), (50, 1.0), (79, 1.0), (99, 0.145)])
+def test_warmup_stable_decay_schedule(step, expected):
+    p = tiny_params(
+        max_steps=100,
+        warmup_steps=10,
+        schedule="wsd",
+        decay_fraction=0.2,
+        learning_rate=1.0,
+        min_lr_ratio=0.1,
+    )
+    # Stable at the peak until step 80, then linear to 0.1 at step 100.
+    assert abs(learning_rate(step, p) - expected) < 1e-9
