@@ -2,12 +2,99 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import codecs
+import json
+import os
+import tempfile
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 from bardlet.data.chat_template import Message, render_prompt
 from bardlet.runtime import OnnxLM, Sampling
+from bardlet.tokenizer import Tokenizer
 
-HELP = """commands: /help  /clear (forget the conversation)  /exit (or Ctrl-D)"""
+# Named presets: a system prompt plus sampling settings. `/style NAME` in the terminal chat,
+# `GET /v1/styles` on the server. (params.yaml may override these later: see `chat.styles`.)
+STYLES: dict[str, dict[str, Any]] = {
+    "default": {
+        "system": None,
+        "temperature": 0.7,
+        "top_k": 40,
+        "top_p": 0.95,
+    },
+    "shakespeare": {
+        "system": "Thou art a player in Shakespeare's company: answer in his verse and manner.",
+        "temperature": 0.9,
+        "top_k": 50,
+        "top_p": 0.95,
+    },
+    "helpful": {
+        "system": "You are a helpful, honest assistant. Answer clearly and kindly.",
+        "temperature": 0.6,
+        "top_k": 40,
+        "top_p": 0.9,
+    },
+    "terse": {
+        "system": "Answer in as few words as possible.",
+        "temperature": 0.3,
+        "top_k": 20,
+        "top_p": 0.8,
+    },
+}
+
+TRANSCRIPT_FORMAT = "bardlet-chat"
+TRANSCRIPT_VERSION = 1
+
+HELP = """commands:
+  /help            this list
+  /temp X          sampling temperature (0 = greedy)
+  /topk N          keep the N most likely tokens (0 = all)
+  /topp P          nucleus sampling: keep tokens up to probability P (1 = all)
+  /greedy          always pick the most likely token (same as /temp 0)
+  /seed N          fixed random seed (/seed off for a fresh one each reply)
+  /system TEXT     set the system prompt (/system alone removes it)
+  /style NAME      a preset of system prompt + sampling (/style alone lists them)
+  /settings        show the current settings
+  /clear           forget the conversation
+  /save FILE       write the conversation to a JSON file
+  /load FILE       read a conversation saved with /save
+  /exit            leave (or Ctrl-D); Ctrl-C stops a reply"""
+
+
+def special_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """Every special token id: the model emitting one ends a reply."""
+    return tuple(sorted(tokenizer.special_tokens.values()))
+
+
+def decode_pieces(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
+    """Text pieces for a stream of token ids, never splitting a UTF-8 character."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token in ids:
+        piece = decoder.decode(tokenizer.token_bytes(token))
+        if piece:
+            yield piece
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, ensure_ascii=False, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class Chat:
@@ -30,27 +117,46 @@ class Chat:
         self.system = system
         self.max_new_tokens = max_new_tokens
         self.messages: list[Message] = []
+        self.style: str | None = None
 
     def clear(self) -> None:
         self.messages = []
 
+    def apply_style(self, name: str) -> None:
+        """Use a preset from STYLES: its system prompt and sampling settings."""
+        if name not in STYLES:
+            raise ValueError(f"unknown style {name!r}; choose one of {', '.join(STYLES)}")
+        preset = STYLES[name]
+        self.system = preset.get("system")
+        self.settings = Sampling(
+            temperature=float(preset.get("temperature", self.settings.temperature)),
+            top_k=int(preset.get("top_k", self.settings.top_k)),
+            top_p=float(preset.get("top_p", self.settings.top_p)),
+            seed=self.settings.seed,
+        )
+        self.style = name
+
     def _prompt(self) -> list[int]:
+        """The prompt ids; drops the oldest exchanges (never the newest message) to fit."""
         tokenizer = self.lm.tokenizer
         reply_room = min(self.max_new_tokens, self.lm.block_size // 4)
+        start = 0
         while True:
-            ids = render_prompt(tokenizer, self.messages, self.system)
+            ids = render_prompt(tokenizer, self.messages[start:], self.system)
             if len(ids) + reply_room <= self.lm.block_size:
+                self.messages = self.messages[start:]
                 return ids
-            if len(self.messages) <= 1:
+            if len(self.messages) - start <= 1:
                 raise ValueError(
                     f"that message is {len(ids)} tokens with the template; the model's context "
                     f"is {self.lm.block_size} tokens including the reply: please shorten it"
                 )
             # Drop the oldest exchange (user + assistant) and try again.
-            self.messages = self.messages[2:]
+            start += 2 if len(self.messages) - start > 2 else 1
 
-    def reply(self, user_text: str) -> Iterator[str]:
-        """Stream the assistant's reply as text pieces; it joins the memory when complete."""
+    def reply(self, user_text: str) -> Generator[str, None, None]:
+        """Stream the assistant's reply as text pieces; it joins the memory when it ends
+        (also when it is stopped early: the part shown is what the assistant said)."""
         self.messages.append({"role": "user", "content": user_text})
         try:
             prompt = self._prompt()
@@ -58,20 +164,147 @@ class Chat:
             self.messages.pop()
             raise
         tokenizer = self.lm.tokenizer
-        stops = (tokenizer.special_id("<|end|>"), tokenizer.special_id("<|bos|>"))
-        ids: list[int] = []
-        shown = ""
-        for token in self.lm.stream(prompt, self.max_new_tokens, self.settings, stops):
-            ids.append(token)
-            text = tokenizer.decode(ids)
-            # A character can span several tokens: wait until it is complete.
-            if not text.endswith("\ufffd"):
-                yield text[len(shown) :]
-                shown = text
-        text = tokenizer.decode(ids)
-        if len(text) > len(shown):
-            yield text[len(shown) :]
-        self.messages.append({"role": "assistant", "content": text})
+        tokens = self.lm.stream(prompt, self.max_new_tokens, self.settings, special_ids(tokenizer))
+        shown: list[str] = []
+        try:
+            for piece in decode_pieces(tokenizer, tokens):
+                shown.append(piece)
+                yield piece
+        finally:
+            self.messages.append({"role": "assistant", "content": "".join(shown)})
+
+    # ------------------------------------------------------------------ transcripts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": TRANSCRIPT_FORMAT,
+            "version": TRANSCRIPT_VERSION,
+            "style": self.style,
+            "system": self.system,
+            "settings": asdict(self.settings),
+            "max_new_tokens": self.max_new_tokens,
+            "messages": list(self.messages),
+        }
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(Path(path), self.to_dict())
+
+    def load(self, path: str | Path) -> None:
+        """Replace the conversation with a saved one; on any error nothing changes."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not a JSON transcript: {error}") from None
+        if not isinstance(data, dict) or data.get("format") != TRANSCRIPT_FORMAT:
+            raise ValueError(f"{path} is not a bardlet chat transcript (saved with /save)")
+        messages = data.get("messages")
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict)
+            and m.get("role") in ("user", "assistant")
+            and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise ValueError(
+                f"{path}: 'messages' must be a list of {{role: user|assistant, content: str}}"
+            )
+        system = data.get("system")
+        if system is not None and not isinstance(system, str):
+            raise ValueError(f"{path}: 'system' must be a string or null")
+        settings = self.settings
+        raw = data.get("settings")
+        if isinstance(raw, dict):
+            try:
+                settings = Sampling(
+                    temperature=float(raw.get("temperature", settings.temperature)),
+                    top_k=int(raw.get("top_k", settings.top_k)),
+                    top_p=float(raw.get("top_p", settings.top_p)),
+                    seed=None if raw.get("seed") is None else int(raw["seed"]),
+                )
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: 'settings' has a value of the wrong type") from None
+        self.messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        self.system = system
+        self.settings = settings
+        style = data.get("style")
+        self.style = style if isinstance(style, str) else None
+
+
+def _describe(chat: Chat) -> str:
+    s = chat.settings
+    seed = "off" if s.seed is None else str(s.seed)
+    return (
+        f"style={chat.style or '-'} temperature={s.temperature:g} top_k={s.top_k} "
+        f"top_p={s.top_p:g} seed={seed} max_new_tokens={chat.max_new_tokens}\n"
+        f"system={chat.system!r}"
+    )
+
+
+def _number(kind: Callable[[str], Any], text: str, name: str, low: float, high: float) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name} needs a number, e.g. {name} {low:g}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g}")
+    return value
+
+
+def command(chat: Chat, line: str) -> str | None:
+    """Run one slash command; returns the text to show, or None to leave the chat."""
+    name, _, arg = line.partition(" ")
+    arg = arg.strip()
+    s = chat.settings
+    if name in ("/exit", "/quit"):
+        return None
+    if name == "/help":
+        return HELP
+    if name == "/clear":
+        chat.clear()
+        return "(conversation cleared)"
+    if name == "/settings":
+        return _describe(chat)
+    if name == "/temp":
+        s.temperature = _number(float, arg, "/temp", 0.0, 10.0)
+        return f"(temperature {s.temperature:g})"
+    if name == "/topk":
+        s.top_k = _number(int, arg, "/topk", 0, 1_000_000)
+        return f"(top_k {s.top_k})"
+    if name == "/topp":
+        s.top_p = _number(float, arg, "/topp", 0.0, 1.0)
+        if s.top_p == 0:
+            raise ValueError("/topp must be above 0")
+        return f"(top_p {s.top_p:g})"
+    if name == "/greedy":
+        s.temperature = 0.0
+        return "(greedy: temperature 0)"
+    if name == "/seed":
+        if arg.lower() in ("", "off", "none"):
+            s.seed = None
+            return "(seed off)"
+        s.seed = _number(int, arg, "/seed", 0, 2**63 - 1)
+        return f"(seed {s.seed})"
+    if name == "/system":
+        chat.system = arg or None
+        return f"(system prompt: {chat.system!r})"
+    if name == "/style":
+        if not arg:
+            return "styles: " + ", ".join(STYLES) + f" (current: {chat.style or '-'})"
+        chat.apply_style(arg)
+        return f"(style {arg})\n{_describe(chat)}"
+    if name == "/save":
+        if not arg:
+            raise ValueError("usage: /save FILE")
+        chat.save(Path(arg).expanduser())
+        return f"(saved {len(chat.messages)} messages to {arg})"
+    if name == "/load":
+        if not arg:
+            raise ValueError("usage: /load FILE")
+        chat.load(Path(arg).expanduser())
+        return f"(loaded {len(chat.messages)} messages from {arg})"
+    raise ValueError(f"unknown command {name}: /help lists them")
 
 
 def repl(
@@ -85,28 +318,38 @@ def repl(
         else:
             print(text, end="", flush=True)
 
-    emit(f"bardlet chat ({chat.lm.info.get('model', {}).get('n_layer', '?')} layers). {HELP}\n")
+    layers = chat.lm.info.get("model", {}).get("n_layer", "?")
+    emit(f"bardlet chat ({layers} layers). /help for commands, /exit to leave.\n")
     while True:
         try:
             line = read("you> ").strip()
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             emit("\n")
             return
+        except KeyboardInterrupt:
+            emit("\n(Ctrl-D or /exit to leave)\n")
+            continue
         if not line:
             continue
-        if line in ("/exit", "/quit"):
-            return
-        if line == "/help":
-            emit(HELP + "\n")
-            continue
-        if line == "/clear":
-            chat.clear()
-            emit("(conversation cleared)\n")
+        if line.startswith("/"):
+            try:
+                shown = command(chat, line)
+            except (ValueError, OSError) as error:
+                emit(f"[{error}]\n")
+                continue
+            if shown is None:
+                return
+            emit(shown + "\n")
             continue
         emit("bot> ")
+        pieces = chat.reply(line)
         try:
-            for piece in chat.reply(line):
+            for piece in pieces:
                 emit(piece)
         except ValueError as error:
             emit(f"[{error}]")
+        except KeyboardInterrupt:
+            emit(" [stopped]")
+        finally:
+            pieces.close()
         emit("\n")

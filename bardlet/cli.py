@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -51,6 +52,7 @@ def generate(
 
 @app.command()
 def chat(
+    ctx: typer.Context,
     model: ModelOption = DEFAULT_MODEL,
     system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
     temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0)] = 0.7,
@@ -58,22 +60,88 @@ def chat(
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 0.95,
     seed: Annotated[int | None, typer.Option("--seed", "-s")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1)] = 128,
+    style: Annotated[
+        str | None,
+        typer.Option(
+            "--style",
+            help="A preset of system prompt + sampling (shakespeare, helpful, terse, ...); "
+            "options given explicitly win over it.",
+        ),
+    ] = None,
 ) -> None:
     """Chat with the model in the terminal (multi-turn; /help for commands)."""
-    from bardlet.chat import Chat, repl
+    from click.core import ParameterSource
+
+    from bardlet.chat import STYLES, Chat, repl
     from bardlet.runtime import Sampling
 
+    if style is not None and style not in STYLES:
+        typer.echo(f"error: unknown style {style!r}; choose one of {', '.join(STYLES)}", err=True)
+        raise typer.Exit(code=2)
     lm = _load(model)
     settings = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    repl(Chat(lm, settings, system=system, max_new_tokens=max_new_tokens))
+    session = Chat(lm, settings, system=system, max_new_tokens=max_new_tokens)
+    if style is not None:
+        session.apply_style(style)
+
+        def given(name: str) -> bool:
+            return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+        explicit = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        for name, value in explicit.items():
+            if given(name):
+                setattr(session.settings, name, value)
+        if given("system"):
+            session.system = system
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (line editing and history for input())
+    repl(session)
 
 
-def _load(model: Path) -> OnnxLM:
+@app.command()
+def serve(
+    model: ModelOption = Path("models/onnx/model.onnx"),
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535)] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="BARDLET_API_KEY",
+            help="Require `Authorization: Bearer KEY` on /v1 (env BARDLET_API_KEY).",
+            show_default=False,
+        ),
+    ] = None,
+    threads: Annotated[
+        int, typer.Option("--threads", min=0, help="ONNX Runtime threads (0 = all cores).")
+    ] = 0,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Serve the model: OpenAI-compatible HTTP API under /v1 and a chat page at /."""
+    import uvicorn
+
+    from bardlet.server import create_app
+
+    lm = _load(model, threads=threads)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        typer.echo(
+            f"warning: serving on {host} without an API key: anyone who can reach it can use it",
+            err=True,
+        )
+    app_ = create_app(lm, api_key=api_key or None)
+    typer.echo(f"bardlet: http://{host}:{port}/  (API at /v1, schema at /openapi.json)", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level=log_level.lower())
+
+
+def _load(model: Path, threads: int = 0) -> OnnxLM:
     # Imported here so that `bardlet --help` and the tokenizer commands start fast.
     from bardlet.runtime import OnnxLM
 
     try:
-        return OnnxLM(model)
+        return OnnxLM(model, threads=threads)
     except (FileNotFoundError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None

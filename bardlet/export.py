@@ -5,6 +5,11 @@ The graph takes `input_ids` (batch, seq) and, per layer, `past.{i}.key` / `past.
 and `present.{i}.key` / `present.{i}.value`, the cache to feed into the next call. The model's
 config, the tokenizer hash and the special token ids travel inside the file as metadata, so
 the runtime needs nothing but the .onnx file and the tokenizer.
+
+`quantize_int8` writes the int8 variant (`model.int8.onnx`): weights stored as int8 with a
+scale per output channel, activations quantized on the fly (onnxruntime's dynamic
+quantization). About 3.5x smaller; measure its quality with
+`bardlet.runtime.measure_onnx_bpb` against the fp32 graph on the same batches.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
 from bardlet.model import GPT, KVCache
@@ -118,3 +124,39 @@ def check_parity(model: GPT, onnx_path: Path, prompt: list[int], steps: int) -> 
         # Feed PyTorch's choice so both sides see the same tokens even if argmax ties differ.
         feeds["input_ids"] = reference[-1:].argmax(-1).reshape(1, 1).astype(np.int64)
     return worst
+
+
+def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
+    """Write `dst` (atomically): `src` with its weight matrices in int8 (dynamic quantization).
+
+    Quantized: every MatMul whose second input is a weight (attention and MLP projections, the
+    output head) and the token embedding's Gather. Activation x activation products (attention
+    scores) stay fp32. The bardlet metadata is kept, with `"quantization": "int8-dynamic"`
+    added, so the runtime loads the file exactly like model.onnx.
+    """
+    src, dst = Path(src), Path(dst)
+    proto = onnx.load(str(src))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{src} has no bardlet metadata: export it with export_onnx first")
+    tmp = dst.with_name(dst.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(
+            str(src),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    quantized = onnx.load(str(tmp))
+    info = json.loads(meta[METADATA_KEY])
+    info["quantization"] = "int8-dynamic" + ("-per-channel" if per_channel else "")
+    del quantized.metadata_props[:]
+    for key, value in meta.items():
+        entry = quantized.metadata_props.add()
+        entry.key = key
+        entry.value = json.dumps(info, sort_keys=True) if key == METADATA_KEY else value
+    onnx.checker.check_model(quantized)
+    onnx.save(quantized, str(tmp))
+    os.replace(tmp, dst)

@@ -41,8 +41,14 @@ def run(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
     run_id: str | None = None,
+    enabled: bool = True,
 ) -> Iterator[str]:
-    """Start (or, with run_id, reopen) an MLflow run; yields its id."""
+    """Start (or, with run_id, reopen) an MLflow run; yields its id.
+
+    enabled=False yields "" and records nothing (the other ranks of a torchrun job)."""
+    if not enabled:
+        yield ""
+        return
     mlflow.set_tracking_uri(tracking_uri())
     if run_id is None:
         mlflow.set_experiment(EXPERIMENT)

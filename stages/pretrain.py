@@ -9,7 +9,8 @@ from bardlet.data.shards import concat_tokens, read_split
 from bardlet.evaluation import token_byte_lengths
 from bardlet.model import GPT, GPTConfig
 from bardlet.tokenizer import Tokenizer
-from bardlet.training.loop import pick_device, train
+from bardlet.training import distributed
+from bardlet.training.loop import train
 from stages.outputs import save_training
 from stages.paths import BASE_MODEL, CHECKPOINTS, SHARDS, TOKENIZER
 
@@ -27,11 +28,12 @@ def main() -> None:
 
     torch.manual_seed(settings.seed)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **params.model.model_dump())
-    model = GPT(config).to(pick_device())
+    model = GPT(config).to(distributed.init())
     print(f"model: {model.num_params():,} parameters; {len(train_tokens):,} training tokens")
     run_params = {"model": params.model.model_dump(), "pretrain": settings.model_dump()}
     tags = {"stage": "pretrain", "tokenizer_hash": tokenizer.hash}
-    with tracking.run("pretrain", run_params, tags) as run_id:
+    rank0 = distributed.is_main()  # under torchrun only rank 0 tracks and writes
+    with tracking.run("pretrain", run_params, tags, enabled=rank0) as run_id:
         tracking.log_metrics({"num_params": model.num_params()})
         result = train(
             model,
@@ -43,7 +45,10 @@ def main() -> None:
             run_identity={"tokenizer": tokenizer.hash, "train_tokens": len(train_tokens)},
         )
         info = {"run_id": run_id, "tokenizer_hash": tokenizer.hash}
-        save_training("pretrain", model, result, BASE_MODEL, info)
+        if rank0:
+            save_training("pretrain", model, result, BASE_MODEL, info)
+
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from bardlet.config import load_params
 from bardlet.data.loaders import PackedConversations
 from bardlet.evaluation import token_byte_lengths
 from bardlet.tokenizer import Tokenizer
-from bardlet.training import checkpoint
-from bardlet.training.loop import pick_device, train
+from bardlet.training import checkpoint, distributed
+from bardlet.training.loop import train
 from stages.outputs import save_training
 from stages.paths import BASE_MODEL, CHAT_MODEL, CHECKPOINTS, SHARDS, TOKENIZER
 
@@ -18,7 +18,7 @@ from stages.paths import BASE_MODEL, CHAT_MODEL, CHECKPOINTS, SHARDS, TOKENIZER
 def main() -> None:
     settings = load_params().sft
     tokenizer = Tokenizer.load(TOKENIZER)
-    model, base_info = checkpoint.load(BASE_MODEL, pick_device())
+    model, base_info = checkpoint.load(BASE_MODEL, distributed.init())
     if base_info["tokenizer_hash"] != tokenizer.hash:
         raise SystemExit("models/base was trained with another tokenizer: run `dvc repro`")
     block = model.config.block_size
@@ -35,7 +35,8 @@ def main() -> None:
         "tokenizer_hash": tokenizer.hash,
         "base_run_id": base_info["run_id"],
     }
-    with tracking.run("sft", {"sft": settings.model_dump()}, tags) as run_id:
+    rank0 = distributed.is_main()  # under torchrun only rank 0 tracks and writes
+    with tracking.run("sft", {"sft": settings.model_dump()}, tags, enabled=rank0) as run_id:
         result = train(
             model,
             train_data,
@@ -50,7 +51,10 @@ def main() -> None:
             "base_run_id": base_info["run_id"],
             "tokenizer_hash": tokenizer.hash,
         }
-        save_training("sft", model, result, CHAT_MODEL, info)
+        if rank0:
+            save_training("sft", model, result, CHAT_MODEL, info)
+
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

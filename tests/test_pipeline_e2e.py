@@ -49,7 +49,7 @@ def run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.pop("PYTHONPATH", None)
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-8000:]}"
     return done
 
 
@@ -163,3 +163,28 @@ def test_prefect_flow_runs_the_stages_in_order(project):
         "export",
     ]
     assert set(result.values()) == {"skipped (cached)"}
+
+
+def test_pretrain_stage_runs_under_torchrun_with_two_processes(project):
+    """Last: it retrains models/base outside DVC. Rank 0 alone writes and tracks."""
+    before = (project / "models/base/model.safetensors").stat().st_mtime_ns
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["pretrain"]["resume"] = "never"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "stages.pretrain",
+        ],
+        project,
+    ).stdout
+    assert out.count("model: ") == 2  # both ranks started
+    assert (project / "models/base/model.safetensors").stat().st_mtime_ns > before
+    with sqlite3.connect(project / "mlflow.db") as db:
+        runs = [row[0] for row in db.execute("select name from runs where name = 'pretrain'")]
+    assert len(runs) == 2  # the dvc repro run and this one, not one per rank

@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from bardlet import tracking
 from bardlet.config import TrainParams
 from bardlet.data.loaders import Batch, BatchSource
 from bardlet.evaluation import measure
 from bardlet.model import GPT
-from bardlet.training import checkpoint
+from bardlet.training import checkpoint, distributed
 
 
 def pick_device() -> torch.device:
@@ -119,7 +120,11 @@ def train(
     torch.manual_seed(params.seed)
     optimizer = make_optimizer(model, params, device)
     use_cuda = device.type == "cuda"
-    forward = torch.compile(model) if use_cuda else model
+    world, rank = distributed.world_size(), distributed.rank()
+    # DDP averages gradients across ranks during backward; the bare model stays `model`.
+    wrapped = DistributedDataParallel(model) if world > 1 else model
+    forward = torch.compile(wrapped) if use_cuda else wrapped
+    log = log if rank == 0 else (lambda _line: None)
     result = TrainResult()
     identity = fingerprint(params, model, run_identity or {})
     best: dict[str, Any] = {"val_loss": math.inf, "step": 0, "weights": None}
@@ -140,8 +145,10 @@ def train(
         else:
             # Another run's state (other settings, or resume: never): start afresh.
             log(f"starting afresh: removing {len(found)} old checkpoint(s) in {checkpoint_dir}")
-            for folder in found:
-                shutil.rmtree(folder)
+            distributed.barrier()  # every rank has read state.json before rank 0 deletes it
+            if rank == 0:
+                for folder in found:
+                    shutil.rmtree(folder)
 
     # Finish the step in progress, save, then exit: Ctrl-C never loses more than one step.
     stop: list[int] = []
@@ -155,7 +162,7 @@ def train(
             previous_handlers[sig] = signal.signal(sig, request_stop)
 
     def save(step: int) -> None:
-        if checkpoint_dir is None:
+        if checkpoint_dir is None or rank != 0:
             return
         folder = checkpoint.save_state(
             checkpoint_dir,
@@ -202,7 +209,9 @@ def train(
                 group["lr"] = lr
             loss_sum = 0.0
             for micro in range(params.grad_accum):
-                inputs, targets = train_data.batch(step * params.grad_accum + micro)
+                # Each rank its own share: the same global batch at any number of processes.
+                index = (step * params.grad_accum + micro) * world + rank
+                inputs, targets = train_data.batch(index)
                 x = torch.from_numpy(inputs).to(device, non_blocking=True)
                 y = torch.from_numpy(targets).to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
@@ -223,7 +232,7 @@ def train(
             done = step + 1
             if done % params.log_interval == 0 or done == params.max_steps:
                 seconds = time.perf_counter() - started
-                tokens_per_s = (done - start_step) * x.numel() * params.grad_accum / seconds
+                tokens_per_s = (done - start_step) * x.numel() * params.grad_accum * world / seconds
                 train_loss = loss_sum / params.grad_accum
                 tracking.log_metrics(
                     {"train_loss": train_loss, "lr": lr, "tokens_per_s": tokens_per_s}, done
@@ -237,11 +246,14 @@ def train(
                 evaluate(done)
             if done % params.checkpoint_interval == 0 or done == params.max_steps:
                 save(done)
-            if stop:
+            if distributed.any_rank(bool(stop)):
                 save(done)
-                name = signal.Signals(stop[0]).name
-                log(f"{name}: checkpoint saved at step {done}; run again to resume")
-                raise Interrupted(128 + stop[0])
+                signum = stop[0] if stop else signal.SIGTERM
+                log(
+                    f"{signal.Signals(signum).name}: checkpoint saved at step {done}; "
+                    "run again to resume"
+                )
+                raise Interrupted(128 + signum)
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)

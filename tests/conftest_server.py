@@ -1,0 +1,97 @@
+"""Helpers for the chat, server and web tests (imported by them; not a pytest conftest).
+
+`build_tiny_model` makes a random-init GPT with the small test tokenizer and exports it to
+ONNX the way tests/test_export_runtime.py does, so these tests never need the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def build_tiny_model(folder: Path, tokenizer, block_size: int = 64, n_embd: int = 32) -> Path:
+    """folder/model.onnx + folder/bpe.json from a random GPT; returns the folder."""
+    import torch
+
+    from bardlet.export import export_onnx
+    from bardlet.model import GPT, GPTConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=n_embd
+    )
+    model = GPT(config).eval()
+    export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": tokenizer.hash})
+    tokenizer.save(folder / "bpe.json")
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("BARDLET_API_KEY", None)
+    env.update({"PYTHONUNBUFFERED": "1", "ORT_DISABLE_TELEMETRY": "1", **extra})
+    return env
+
+
+class Server:
+    """`bardlet serve` in its own process group on a free loopback port."""
+
+    def __init__(self, model: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(model.parent / f"server-{self.port}.log", "w+b")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "bardlet.cli", "serve", "--model", str(model), "--port", str(self.port)]
+            + ["--threads", "1", "--log-level", "warning", *args],
+            cwd=REPO,
+            env=env or child_env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited early:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"the server did not answer /health in {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.log.close()
