@@ -70,8 +70,6 @@ def chat(
     ] = None,
 ) -> None:
     """Chat with the model in the terminal (multi-turn; /help for commands)."""
-    from click.core import ParameterSource
-
     from bardlet.chat import STYLES, Chat, repl
     from bardlet.runtime import Sampling
 
@@ -85,7 +83,8 @@ def chat(
         session.apply_style(style)
 
         def given(name: str) -> bool:
-            return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+            source = ctx.get_parameter_source(name)
+            return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
         explicit = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         for name, value in explicit.items():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.onnx
 
 EXPERIMENT = "bardlet"
 
@@ -77,3 +78,37 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
 def get_run(run_id: str) -> mlflow.entities.Run:
     mlflow.set_tracking_uri(tracking_uri())
     return mlflow.get_run(run_id)
+
+
+REGISTERED_MODEL = "bardlet"
+CHAMPION = "champion"
+
+
+def log_onnx_model(
+    onnx_path: Path, input_example: dict[str, Any], val_bpb: float
+) -> tuple[int, bool]:
+    """Log the ONNX model (mlflow.onnx flavour, so `mlflow.pyfunc.load_model` runs it) to the
+    open run, register it as `bardlet`, and move the `champion` alias to it when its
+    validation bits per byte beat the current champion's. Returns (version, is_champion)."""
+    import onnx
+
+    info = mlflow.onnx.log_model(
+        onnx.load(str(onnx_path)),
+        name="model",
+        input_example=input_example,
+        pip_requirements=["onnxruntime", "numpy"],  # skips slow dependency inference
+        onnx_execution_providers=["CPUExecutionProvider"],
+        registered_model_name=REGISTERED_MODEL,
+    )
+    client = mlflow.MlflowClient()
+    version = int(info.registered_model_version)
+    client.set_model_version_tag(REGISTERED_MODEL, str(version), "val_bpb", str(val_bpb))
+    try:
+        champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+        best = float(champion.tags.get("val_bpb", "inf"))
+    except mlflow.exceptions.MlflowException:
+        best = float("inf")  # no champion yet
+    if val_bpb < best:
+        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, str(version))
+        return version, True
+    return version, False

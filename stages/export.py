@@ -8,11 +8,13 @@ prompt plus `parity_steps` incremental steps.
 
 import shutil
 
+import numpy as np
+
 from bardlet import tracking
 from bardlet.config import load_params
 from bardlet.data.chat_template import render_prompt
 from bardlet.data.shards import write_json_atomic
-from bardlet.export import check_parity, export_onnx
+from bardlet.export import cache_names, check_parity, export_onnx
 from bardlet.tokenizer import Tokenizer
 from bardlet.training import checkpoint
 from stages.paths import CHAT_MODEL, ONNX_DIR, REPORTS, TOKENIZER, TOKENIZER_DIR
@@ -39,14 +41,26 @@ def main() -> None:
     REPORTS.mkdir(exist_ok=True)
     write_json_atomic(REPORTS / "export.json", report)
     print(f"parity: max |logit difference| = {worst:.2e} over {params.parity_steps} steps")
-    with tracking.run("export", run_id=info["run_id"]):
-        tracking.log_metrics({f"export_{k}": v for k, v in report.items()})
     if worst > params.parity_tolerance:
         shutil.rmtree(ONNX_DIR)  # never leave a model that disagrees with its source behind
         raise SystemExit(
             f"ONNX parity failed: max |logit difference| {worst:.2e} > "
             f"{params.parity_tolerance:.0e}; the exported graph does not match PyTorch"
         )
+    with tracking.run("export", run_id=info["run_id"]):
+        tracking.log_metrics({f"export_{k}": v for k, v in report.items()})
+        example = {"input_ids": np.array([prompt], dtype=np.int64)}
+        example.update(
+            {
+                name: np.zeros((1, model.config.n_head, 0, model.config.head_dim), np.float32)
+                for name in cache_names(model.config.n_layer, "past")
+            }
+        )
+        version, champion = tracking.log_onnx_model(onnx_path, example, info["metrics"]["val_bpb"])
+    print(
+        f"registered as {tracking.REGISTERED_MODEL} v{version}"
+        + (" (champion)" if champion else "")
+    )
 
 
 if __name__ == "__main__":

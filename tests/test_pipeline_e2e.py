@@ -115,6 +115,12 @@ def test_repro_builds_every_stage(project):
         params = dict(db.execute("select key, value from params"))
     assert {"pretrain", "sft"} <= names
     assert params["model.n_embd"] == "32"
+    # The export stage registered the ONNX model, and the first one is the champion.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("bardlet", "champion")
+    assert champion.version == "1"
 
 
 def test_second_repro_is_a_no_op(project):

@@ -55,3 +55,35 @@ def test_stage_order_detects_reordering(tmp_path):
     order = stage_order(path)
     assert order[0] == "download"
     assert order.index("pretrain") < order.index("sft")
+
+
+def test_onnx_model_is_registered_and_champion_moves_only_on_improvement(tmp_path):
+    import mlflow
+    import numpy as np
+    import torch
+
+    from bardlet.export import cache_names, export_onnx
+    from bardlet.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, 17, {"tokenizer_hash": "h"})
+    example = {"input_ids": np.array([[1, 2, 3]], dtype=np.int64)}
+    example.update({n: np.zeros((1, 2, 0, 8), np.float32) for n in cache_names(1, "past")})
+
+    results = []
+    for bpb in (2.0, 2.5, 1.5):
+        with tracking.run("export"):
+            results.append(tracking.log_onnx_model(path, example, bpb))
+    versions = [v for v, _ in results]
+    assert versions == sorted(versions) and len(set(versions)) == 3
+    assert [champion for _, champion in results] == [True, False, True]
+    client = mlflow.MlflowClient()
+    alias = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION)
+    assert int(alias.version) == versions[2]
+
+    # The logged model runs through the generic pyfunc interface with its KV-cache inputs.
+    loaded = mlflow.pyfunc.load_model(f"models:/{tracking.REGISTERED_MODEL}/{versions[0]}")
+    outputs = loaded.predict(example)
+    assert outputs["logits"].shape == (1, 3, 40)

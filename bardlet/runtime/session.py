@@ -16,7 +16,7 @@ alone. Rows that finish leave the batch (their slice of the cache is dropped).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ class OnnxLM:
         max_new_tokens: int,
         settings: Sampling,
         stop_ids: Sequence[int] = (),
-    ) -> Iterator[int]:
+    ) -> Generator[int, None, None]:
         """Yield new token ids one by one until a stop id, max_new_tokens or the context end."""
         self._check_prompt(prompt)
         rng = np.random.default_rng(settings.seed)

@@ -1,0 +1,277 @@
+"""The ONNX runtime in depth: sampling rules, stop strings, batched generation, int8, bpb."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from bardlet.data.loaders import TokenWindows
+from bardlet.evaluation import measure, token_byte_lengths
+from bardlet.export import export_onnx, quantize_int8
+from bardlet.model import GPT, GPTConfig
+from bardlet.runtime import OnnxLM, Sampling, cut_at_stop, measure_onnx_bpb, sample
+from bardlet.runtime.sampling import penalize
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, small_tokenizer) -> tuple[Path, GPT]:
+    folder = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(1)
+    config = GPTConfig(
+        vocab_size=small_tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32
+    )
+    model = GPT(config).eval()
+    export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": small_tokenizer.hash})
+    small_tokenizer.save(folder / "bpe.json")
+    quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
+    return folder, model
+
+
+@pytest.fixture(scope="module")
+def lm(exported) -> OnnxLM:
+    return OnnxLM(exported[0], threads=1)
+
+
+# ------------------------------------------------------------------ sampling
+
+
+def test_new_sampling_fields_default_to_off():
+    settings = Sampling()
+    assert (settings.min_p, settings.repetition_penalty, settings.stop) == (0.0, 1.0, ())
+    logits = np.random.default_rng(0).normal(size=50)
+    old = Sampling(temperature=0.9, top_k=10, top_p=0.8, seed=5)
+    draws = [sample(logits, old, np.random.default_rng(5)) for _ in range(3)]
+    # Same draws as the pre-min-p algorithm: temperature, top-k, top-p, then one choice.
+    scaled = logits / 0.9
+    scaled = np.where(scaled < np.sort(scaled)[-10], -np.inf, scaled)
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    keep = order[: int(np.searchsorted(np.cumsum(probs[order]), 0.8)) + 1]
+    kept = np.zeros_like(probs)
+    kept[keep] = probs[keep]
+    expected = int(np.random.default_rng(5).choice(50, p=kept / kept.sum()))
+    assert draws == [expected] * 3
+
+
+def test_min_p_drops_unlikely_tokens():
+    logits = np.log(np.array([0.5, 0.3, 0.1, 0.06, 0.04]))
+    rng = np.random.default_rng(0)
+    seen = {sample(logits, Sampling(temperature=1.0, top_k=0, min_p=0.25), rng) for _ in range(300)}
+    assert seen == {0, 1}  # 0.1 < 0.25 * 0.5
+    seen = {sample(logits, Sampling(temperature=1.0, top_k=0, min_p=0.15), rng) for _ in range(600)}
+    assert seen == {0, 1, 2}
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
+    logits = np.array([2.0, -1.0, 1.5, 0.5])
+    out = penalize(logits, [0, 1, 1], 2.0)
+    assert out.tolist() == [1.0, -2.0, 1.5, 0.5]
+    assert penalize(logits, [0], 1.0).tolist() == logits.tolist()
+    # Greedy decoding feels it too: token 0 seen before loses to token 2.
+    rng = np.random.default_rng(0)
+    assert sample(logits, Sampling(temperature=0), rng, previous=[0]) == 0
+    assert sample(logits, Sampling(temperature=0, repetition_penalty=2.0), rng, [0]) == 2
+
+
+def test_sampling_rejects_impossible_settings():
+    for bad in (
+        {"temperature": -1},
+        {"top_p": 1.5},
+        {"min_p": 1.0},
+        {"repetition_penalty": 0},
+        {"top_k": -1},
+        {"stop": ("",)},
+    ):
+        with pytest.raises(ValueError):
+            Sampling(**bad)
+    assert Sampling(stop="\n").stop == ("\n",)
+
+
+def test_cut_at_stop():
+    assert cut_at_stop("hello world. more", ["world", "."]) == "hello "
+    assert cut_at_stop("no stops here", ["xyz"]) == "no stops here"
+    assert cut_at_stop("abc", []) == "abc"
+
+
+# ------------------------------------------------------------------ generation
+
+
+def test_session_uses_the_thread_settings(lm, exported):
+    options = lm.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.inter_op_num_threads == 1
+    assert options.execution_mode.name == "ORT_SEQUENTIAL"
+    assert OnnxLM(exported[0], threads=2).session.get_session_options().intra_op_num_threads == 2
+    with pytest.raises(ValueError, match="threads"):
+        OnnxLM(exported[0], threads=-1)
+
+
+VARIED = Sampling(temperature=1.0, top_k=0, seed=4)  # a random model's greedy text repeats
+
+
+def test_stream_text_ends_before_a_stop_string_and_never_shows_it(lm):
+    ids = [lm.tokenizer.special_id("<|bos|>"), *lm.tokenizer.encode("KING:")]
+    full = lm.generate_text("KING:", 40, VARIED)
+    assert len(set(full)) > 10
+    stop = full[12:15]
+    first = full.find(stop)
+    stopped = Sampling(temperature=1.0, top_k=0, seed=4, stop=(stop,))
+    pieces = list(lm.stream_text(ids, 40, stopped))
+    assert "".join(pieces) == full[:first]
+    assert all(stop not in piece for piece in pieces)
+    two = Sampling(temperature=1.0, top_k=0, seed=4, stop=("\x00", stop))
+    assert lm.generate_text("KING:", 40, two) == full[:first]
+    # No stop string: the same text as decoding every token.
+    assert "".join(lm.stream_text(ids, 40, VARIED)) == lm.tokenizer.decode(
+        lm.generate(ids, 40, VARIED)
+    )
+
+
+def test_stream_text_holds_back_text_that_may_start_a_stop_string(lm, monkeypatch):
+    def fake_stream(prompt, max_new_tokens, settings, stop_ids=()):
+        yield from "hello caf\u00e9 wor, world!".encode()  # one byte token each
+
+    monkeypatch.setattr(lm, "stream", fake_stream)
+    pieces = list(lm.stream_text([1], 50, Sampling(stop=("world",))))
+    assert "".join(pieces) == "hello caf\u00e9 wor, "
+    assert "\ufffd" not in "".join(pieces)  # the two bytes of the accent came out together
+    shown = ""
+    for piece in pieces:
+        shown += piece
+        assert not shown.endswith(("w", "wo", "wor")), pieces  # held back while it could be
+    assert "".join(lm.stream_text([1], 50, Sampling(stop=("worlds",)))) == (
+        "hello caf\u00e9 wor, world!"
+    )
+    assert "".join(lm.stream_text([1], 50, Sampling())) == "hello caf\u00e9 wor, world!"
+
+
+def test_stop_ids_end_the_stream(lm):
+    ids = lm.tokenizer.encode("ROMEO: ")
+    free = lm.generate(ids, 20, VARIED)
+    at = next(i for i in range(3, 20) if free[i] not in free[:i])
+    cut = lm.generate(ids, 20, VARIED, stop_ids=(free[at],))
+    assert cut == free[:at]
+
+
+def test_repetition_penalty_changes_a_greedy_reply(lm):
+    ids = lm.tokenizer.encode("ROMEO: ")
+    plain = lm.generate(ids, 30, Sampling(temperature=0))
+    penalized = lm.generate(ids, 30, Sampling(temperature=0, repetition_penalty=5.0))
+    assert plain != penalized
+    assert len(set(penalized)) >= len(set(plain))
+
+
+def test_batched_generation_matches_one_prompt_at_a_time(lm):
+    texts = ["ROMEO:", "O", "What light through yonder window breaks?", "KING HENRY: My lord"]
+    prompts = [lm.tokenizer.encode(t) for t in texts]
+    assert len({len(p) for p in prompts}) == len(prompts)  # all different lengths
+    for settings in (
+        Sampling(temperature=0),
+        Sampling(temperature=1.0, top_k=40, top_p=0.9, min_p=0.02, seed=11),
+        Sampling(temperature=0.7, repetition_penalty=1.3, seed=3),
+    ):
+        alone = [lm.generate(p, 12, settings) for p in prompts]
+        assert lm.generate_batch(prompts, 12, settings) == alone
+
+
+def test_batched_generation_with_stops_budgets_and_seeds(lm):
+    prompts = [lm.tokenizer.encode(t) for t in ("ROMEO: ", "JULIET: O Romeo,")]
+    greedy = Sampling(temperature=0)
+    first = lm.generate(prompts[0], 15, VARIED)
+    at = next(i for i in range(3, 15) if first[i] not in first[:i])
+    expected = [lm.generate(p, 15, VARIED, stop_ids=(first[at],)) for p in prompts]
+    assert lm.generate_batch(prompts, 15, VARIED, stop_ids=(first[at],)) == expected
+    assert len(expected[0]) == at and expected[0] == first[:at]
+    # Near the end of the 64-token context, each row gets only the room it has.
+    long = lm.tokenizer.encode("word " * 60)[:60]
+    out = lm.generate_batch([long, prompts[0]], 10, greedy)
+    assert [len(r) for r in out] == [4, 10]
+    assert out[0] == lm.generate(long, 10, greedy)
+    # One seed per row.
+    sampled = Sampling(temperature=1.0, top_k=0, seed=None)
+    rows = lm.generate_batch([prompts[0], prompts[0]], 10, sampled, seeds=[1, 2])
+    assert rows[0] == lm.generate(prompts[0], 10, Sampling(temperature=1.0, top_k=0, seed=1))
+    assert rows[1] == lm.generate(prompts[0], 10, Sampling(temperature=1.0, top_k=0, seed=2))
+    texts = lm.generate_text_batch(["ROMEO:", "KING:"], 10, greedy)
+    assert texts == [lm.generate_text(t, 10, greedy) for t in ("ROMEO:", "KING:")]
+    with pytest.raises(ValueError, match="seeds"):
+        lm.generate_batch(prompts, 5, greedy, seeds=[1])
+    with pytest.raises(ValueError, match="empty"):
+        lm.generate_batch([[]], 5, greedy)
+
+
+# ------------------------------------------------------------------ int8 and bits per byte
+
+
+def test_int8_variant_keeps_the_metadata_and_loads_in_the_runtime(exported):
+    folder, _ = exported
+    fp32 = onnx.load(str(folder / "model.onnx"))
+    int8 = onnx.load(str(folder / "model.int8.onnx"))
+    meta32 = json.loads({p.key: p.value for p in fp32.metadata_props}["bardlet"])
+    meta8 = json.loads({p.key: p.value for p in int8.metadata_props}["bardlet"])
+    assert meta8.pop("quantization").startswith("int8-dynamic")
+    assert meta8 == meta32
+    ops = {node.op_type for node in int8.graph.node}
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    lm8 = OnnxLM(folder / "model.int8.onnx")
+    assert lm8.info["quantization"].startswith("int8")
+    assert lm8.generate_text("ROMEO:", 5, Sampling(temperature=0))
+
+
+def test_quantize_refuses_a_graph_without_metadata(tmp_path, exported):
+    proto = onnx.load(str(exported[0] / "model.onnx"))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ValueError, match="metadata"):
+        quantize_int8(tmp_path / "bare.onnx", tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_onnx_bits_per_byte_match_pytorch_and_int8_is_close(exported, small_tokenizer, shakespeare):
+    folder, model = exported
+    tokens = np.array(small_tokenizer.encode(shakespeare[-6000:]), dtype=np.int64)
+    lengths = token_byte_lengths(small_tokenizer)
+
+    def batches():
+        return TokenWindows(tokens, 64, batch_size=4, seed=0).sequential()
+
+    reference = measure(model, batches(), lengths, max_batches=3)
+    ours = measure_onnx_bpb(folder / "model.onnx", batches(), lengths, max_batches=3)
+    assert ours["tokens"] == reference["tokens"] == 3 * 4 * 64
+    for key in ("loss", "bpb", "perplexity"):
+        assert ours[key] == pytest.approx(reference[key], rel=1e-5)
+    int8 = measure_onnx_bpb(folder / "model.int8.onnx", batches(), lengths, threads=1)
+    full = measure_onnx_bpb(folder / "model.onnx", batches(), lengths, threads=1)
+    assert int8["bpb"] != full["bpb"]
+    assert abs(int8["bpb"] / full["bpb"] - 1) < 0.02
+    # Targets of -1 are skipped, exactly like the PyTorch measure.
+    inputs, targets = next(batches())
+    targets = targets.copy()
+    targets[:, :32] = -1
+    masked = measure_onnx_bpb(folder / "model.onnx", [(inputs, targets)], lengths)
+    assert masked["tokens"] == 4 * 32
+    assert masked["loss"] == pytest.approx(
+        measure(model, [(inputs, targets)], lengths)["loss"], rel=1e-5
+    )
+
+
+def test_runtime_package_does_not_import_torch_or_onnx():
+    code = (
+        "import sys, bardlet.runtime\n"
+        "from bardlet.runtime import measure_onnx_bpb, OnnxLM\n"
+        "heavy = ('torch', 'onnx', 'bardlet.export', 'bardlet.model')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "print('clean')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "clean"

@@ -1,0 +1,311 @@
+"""`bardlet serve` end to end: the real server in a subprocess, the official `openai` client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest_server import REPO, Server, build_tiny_model, child_env
+from openai import OpenAI
+
+from bardlet.chat import decode_pieces, special_ids
+from bardlet.data.chat_template import render_prompt
+from bardlet.runtime import OnnxLM, Sampling
+
+KEY = "s3cret-key"
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, small_tokenizer) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("served"), small_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def servers(model_dir):
+    """Two servers started together: an open one, and one that needs an API key (from env)."""
+    open_server = Server(model_dir / "model.onnx")
+    keyed = Server(model_dir, env=child_env(BARDLET_API_KEY=KEY))
+    try:
+        open_server.wait_healthy()
+        keyed.wait_healthy()
+        yield open_server, keyed
+    finally:
+        open_server.stop()
+        keyed.stop()
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> Server:
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def client(server) -> OpenAI:
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def lm(model_dir) -> OnnxLM:
+    return OnnxLM(model_dir)
+
+
+def expected_reply(lm: OnnxLM, messages, max_tokens: int, settings: Sampling) -> str:
+    """What the model says, computed in this process with the runtime alone."""
+    prompt = render_prompt(lm.tokenizer, messages)
+    tokens = lm.stream(prompt, max_tokens, settings, special_ids(lm.tokenizer))
+    return "".join(decode_pieces(lm.tokenizer, tokens))
+
+
+HELLO = [{"role": "user", "content": "Who art thou, and whence comest thou?"}]
+
+
+def test_models_list_and_health(client, server):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["bardlet"]
+    health = httpx.get(server.url + "/health", timeout=TIMEOUT).json()
+    assert health["status"] == "ok" and health["context"] == 64
+
+
+def test_chat_completion_is_the_models_reply(client, lm):
+    done = client.chat.completions.create(
+        model="bardlet", messages=HELLO, temperature=0, max_tokens=20
+    )
+    want = expected_reply(lm, HELLO, 20, Sampling(temperature=0))
+    assert want, "the tiny model should say something to this prompt"
+    assert done.choices[0].message.content == want
+    assert done.choices[0].message.role == "assistant"
+    assert done.choices[0].finish_reason in ("stop", "length")
+    prompt_tokens = len(render_prompt(lm.tokenizer, HELLO))
+    assert done.usage is not None and done.usage.prompt_tokens == prompt_tokens
+    assert 0 < done.usage.completion_tokens <= 20
+    assert done.object == "chat.completion" and done.id.startswith("chatcmpl-")
+
+
+def test_seeded_sampling_is_reproducible_and_streams_the_same_text(client, lm):
+    args = dict(model="bardlet", messages=HELLO, temperature=1.0, top_p=0.9, max_tokens=24)
+    extra = {"top_k": 0}
+    first = client.chat.completions.create(seed=11, extra_body=extra, **args)
+    want = expected_reply(lm, HELLO, 24, Sampling(temperature=1.0, top_k=0, top_p=0.9, seed=11))
+    assert first.choices[0].message.content == want
+    other = client.chat.completions.create(seed=12, extra_body=extra, **args)
+    assert other.choices[0].message.content != want
+
+    pieces, finishes, roles = [], [], []
+    stream = client.chat.completions.create(seed=11, extra_body=extra, stream=True, **args)
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        delta = chunk.choices[0].delta
+        roles.append(delta.role)
+        pieces.append(delta.content or "")
+        finishes.append(chunk.choices[0].finish_reason)
+    assert "".join(pieces) == want
+    assert roles[0] == "assistant"
+    assert finishes[-1] == first.choices[0].finish_reason and set(finishes[:-1]) == {None}
+    assert len([p for p in pieces if p]) > 1, "the reply must arrive in several pieces"
+
+
+def test_stream_is_server_sent_events_ending_in_done(server):
+    body = {"messages": HELLO, "stream": True, "max_tokens": 8, "seed": 1}
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json=body, timeout=TIMEOUT
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        raw = response.read().decode()
+    events = [e for e in raw.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    for event in events[:-1]:
+        json.loads(event[len("data: ") :])
+
+
+def test_stop_sequences_cut_the_reply(client, lm):
+    args = dict(model="bardlet", messages=HELLO, temperature=0, max_tokens=40)
+    full = expected_reply(lm, HELLO, 40, Sampling(temperature=0))
+    assert len(full) >= 12, full
+    stop = full[6:9]
+    cut = full.index(stop)
+    done = client.chat.completions.create(stop=[stop, "\x00never"], **args)
+    assert done.choices[0].message.content == full[:cut]
+    assert done.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(stop=stop, stream=True, **args)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == full[:cut]
+
+
+def test_completions_continue_plain_text(client, lm):
+    done = client.completions.create(model="bardlet", prompt="ROMEO:", max_tokens=12, temperature=0)
+    bos = lm.tokenizer.special_id("<|bos|>")
+    ids = [bos, *lm.tokenizer.encode("ROMEO:")]
+    tokens = lm.stream(ids, 12, Sampling(temperature=0), special_ids(lm.tokenizer))
+    assert done.choices[0].text == "".join(decode_pieces(lm.tokenizer, tokens))
+    streamed = client.completions.create(
+        model="bardlet", prompt="ROMEO:", max_tokens=12, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == done.choices[0].text
+
+
+def test_concurrent_requests_each_get_their_own_reply(client, lm):
+    jobs = [
+        ([{"role": "user", "content": f"Tell me of the {word}."}], seed, seed % 2 == 0)
+        for seed, word in enumerate(["king", "queen", "sea", "moon", "war", "wine"])
+    ]
+
+    def ask(job):
+        messages, seed, stream = job
+        args = dict(model="bardlet", messages=messages, seed=seed, max_tokens=30)
+        args |= dict(temperature=1.0, extra_body={"top_k": 0})
+        if stream:
+            chunks = client.chat.completions.create(stream=True, **args)
+            return "".join(c.choices[0].delta.content or "" for c in chunks)
+        return client.chat.completions.create(**args).choices[0].message.content
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        got = list(pool.map(ask, jobs, timeout=60))
+    want = [
+        expected_reply(lm, m, 30, Sampling(temperature=1.0, top_k=0, seed=s)) for m, s, _ in jobs
+    ]
+    assert got == want
+    assert len(set(got)) > 1
+
+
+def test_a_request_completes_while_a_stream_is_open(client, server):
+    args = dict(model="bardlet", messages=HELLO, temperature=0, max_tokens=30)
+    with client.chat.completions.create(stream=True, **args) as stream:
+        chunks = iter(stream)
+        next(chunks)
+        other = client.chat.completions.create(**args)
+        rest = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert rest == other.choices[0].message.content
+    # A client that hangs up mid-stream does not hurt the server.
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/chat/completions",
+        json={"messages": HELLO, "stream": True, "max_tokens": 40},
+        timeout=TIMEOUT,
+    ) as response:
+        next(response.iter_lines())
+    assert httpx.get(server.url + "/health", timeout=TIMEOUT).status_code == 200
+
+
+def error_of(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]
+
+
+def test_error_statuses_and_shape(server):
+    url = server.url + "/v1/chat/completions"
+
+    def post(**kwargs) -> httpx.Response:
+        return httpx.post(url, timeout=TIMEOUT, **kwargs)
+
+    json_header = {"content-type": "application/json"}
+    assert error_of(post(content=b"{not json", headers=json_header), 400)["code"] == "invalid_json"
+    big = {"messages": [{"role": "user", "content": "x" * 1_100_000}]}
+    assert error_of(post(json=big), 413)["code"] == "request_too_large"
+    wrong = error_of(post(json={"messages": HELLO, "temperature": "hot"}), 422)
+    assert wrong["param"] == "temperature"
+    assert error_of(post(json={"messages": "hello"}), 422)["param"] == "messages"
+    assert error_of(post(json={"messages": []}), 422)["param"] == "messages"
+    assert error_of(post(json={"messages": HELLO, "n": 2}), 400)["param"] == "n"
+    assert error_of(post(json={"messages": HELLO, "stop": ["a"] * 5}), 400)["param"] == "stop"
+    long = {"messages": [{"role": "user", "content": "word " * 100}]}
+    assert error_of(post(json=long), 400)["code"] == "context_length_exceeded"
+    assert error_of(post(json={**long, "stream": True}), 400)["code"] == "context_length_exceeded"
+    assert error_of(httpx.get(server.url + "/v1/nothing", timeout=TIMEOUT), 404)
+    assert error_of(httpx.get(url, timeout=TIMEOUT), 405)
+
+
+def test_openai_client_sees_typed_errors(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="bardlet", messages=[{"role": "user", "content": "word " * 100}]
+        )
+    assert caught.value.code == "context_length_exceeded"
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(model="bardlet", messages=HELLO, max_tokens=0)
+
+
+def test_api_key_is_required_when_set(servers):
+    _, keyed = servers
+    url = keyed.url + "/v1"
+    for wrong in ("", "s3cret-kez", KEY + "x"):
+        bad = OpenAI(base_url=url, api_key=wrong or "none", max_retries=0, timeout=TIMEOUT)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+    denied = httpx.post(url + "/chat/completions", json={"messages": HELLO}, timeout=TIMEOUT)
+    assert error_of(denied, 401)["type"] == "authentication_error"
+    good = OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=TIMEOUT)
+    assert [m.id for m in good.models.list().data] == ["bardlet"]
+    reply = good.chat.completions.create(model="bardlet", messages=HELLO, max_tokens=4)
+    assert reply.choices[0].message.content is not None
+    assert httpx.get(keyed.url + "/health", timeout=TIMEOUT).status_code == 200
+
+
+def test_openapi_schema_describes_the_api(server):
+    schema = httpx.get(server.url + "/openapi.json", timeout=TIMEOUT).json()
+    assert schema["openapi"].startswith("3.")
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health"):
+        assert path in schema["paths"]
+    chat = schema["paths"]["/v1/chat/completions"]["post"]
+    assert {"400", "401", "413", "422"} <= set(chat["responses"])
+
+
+def test_server_binds_loopback_by_default():
+    from typer.testing import CliRunner
+
+    from bardlet.cli import app
+
+    text = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    assert "127.0.0.1" in text and "BARDLET_API_KEY" in text and "models/onnx" in text
+
+
+def test_server_and_chat_do_not_import_torch():
+    code = (
+        "import sys, bardlet.runtime, bardlet.chat, bardlet.cli, bardlet.server\n"
+        "from bardlet.server.app import create_app\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('clean')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "clean"
+
+
+def test_fuzzed_requests_never_get_a_server_error(server):
+    """Property test from the OpenAPI schema: ~50 generated requests, none may answer 5xx."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    seen: list[int] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    per_operation = max(4, 30 // len(operations))
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=per_operation,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def check(case) -> None:
+            response = case.call(timeout=TIMEOUT)
+            seen.append(response.status_code)
+            assert response.status_code < 500, (case.method, case.path, case.body)
+
+        check()
+    assert len(seen) >= 20
