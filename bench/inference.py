@@ -22,7 +22,8 @@ Models:
 
 Time to first token (TTFT) = prompt forward + sampling the first token. ms/token = the
 decode steps after it: (total - TTFT) / (new tokens - 1). Every row runs in its own
-subprocess, so its peak RSS (`ru_maxrss`) is its own. The machine is shared: every row runs
+subprocess, so its peak RSS is its own (VmHWM: `ru_maxrss` would include the parent's
+memory, which Linux carries over fork + exec). The machine is shared: every row runs
 once per round, rounds in alternating order, each run reports the median of its
 repetitions, and a row's number is the lowest of its per-round medians (the least-disturbed
 round). Every round's numbers are in the JSON.
@@ -53,6 +54,17 @@ PATHS = ("onnx-kv", "onnx-int8-kv", "onnx-recompute", "torch-kv")
 
 
 def max_rss_mb() -> float:
+    """Peak resident memory of this process's own address space (VmHWM), in MB.
+
+    Not `ru_maxrss`: Linux carries ru_maxrss over fork + exec, so a worker started by a
+    parent holding 300 MB would report at least 300 MB. VmHWM belongs to the address space
+    that exec created. (ru_maxrss is the fallback where /proc is missing.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 

@@ -109,6 +109,9 @@ def test_session_uses_the_thread_settings(lm, exported):
     assert options.intra_op_num_threads == 1
     assert options.inter_op_num_threads == 1
     assert options.execution_mode.name == "ORT_SEQUENTIAL"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = OnnxLM(exported[0], threads=2, spin=True).session.get_session_options()
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     assert OnnxLM(exported[0], threads=2).session.get_session_options().intra_op_num_threads == 2
     with pytest.raises(ValueError, match="threads"):
         OnnxLM(exported[0], threads=-1)
