@@ -68,8 +68,12 @@ def test_the_page_and_its_assets_are_served_with_the_right_types(web):
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-content-type-options"] == "nosniff"
     links = parse_page(web)
-    assert set(links.urls) == {"/static/app.js", "/static/style.css"}
-    types = {"/static/app.js": "javascript", "/static/style.css": "text/css"}
+    types = {
+        "/static/app.js": "javascript",
+        "/static/style.css": "text/css",
+        "/static/favicon.svg": "image/svg+xml",
+    }
+    assert set(links.urls) == set(types)
     for url, kind in types.items():
         asset = web.get(url)
         assert asset.status_code == 200 and kind in asset.headers["content-type"], url
@@ -85,6 +89,10 @@ def test_the_page_loads_nothing_from_elsewhere(web):
     for name in ("index.html", "app.js", "style.css"):
         text = (STATIC / name).read_text(encoding="utf-8")
         assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|url\(", text), name
+    # An SVG may name its own XML namespace, and nothing else.
+    icon = (STATIC / "favicon.svg").read_text(encoding="utf-8")
+    assert re.findall(r"https?://[^\s\"']*", icon) == ["http://www.w3.org/2000/svg"]
+    assert not re.search(r"href|<script|@import|url\(", icon)
 
 
 def test_the_script_uses_the_streaming_api_and_the_elements_exist(web):
