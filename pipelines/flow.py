@@ -4,21 +4,42 @@ DVC still decides what is cached: each task runs `dvc repro --single-item <stage
 skips the stage when its deps and params are unchanged. Prefect adds what DVC lacks: retries
 (the download can fail transiently), a run history, a UI, schedules.
 
-    python -m pipelines.flow            # run once, offline (a temporary local Prefect server)
+With overrides of params.yaml (`{"sft.max_steps": 4}`) the run becomes a DVC experiment:
+one task runs `dvc exp run --temp --name <name> --set-param k=v ...`, which copies the
+project into `.dvc/tmp/exps/`, reproduces what the overrides change there (the rest comes
+from the DVC cache) and records the result as an experiment (`dvc exp show`). The work tree
+and its params.yaml stay untouched; `dvc exp apply <name>` brings a result in.
+
+The flow returns the experiment's name (None without overrides), the MLflow run id of the
+chat model (models/chat/config.json), the metrics (reports/metrics.json) and, without
+overrides, what each stage did.
+
+    python -m pipelines.flow                       # run once, offline (a temporary Prefect server)
+    python -m pipelines.flow sft.max_steps=4       # the same as a DVC experiment
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
 
 # Stages that talk to the network get retries with back-off; the others fail fast.
 RETRYING_STAGES = {"download"}
+RETRY_DELAYS: list[float] = [5, 20, 60]
+
+DVC = [sys.executable, "-m", "dvc"]
+RUN_INFO = "models/chat/config.json"  # written by the sft stage; holds the MLflow run id
+METRICS = "reports/metrics.json"  # written by the evaluate stage
 
 
 def stage_order(dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
@@ -50,13 +71,65 @@ def stage_order(dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
     return ordered
 
 
-@task(task_run_name="dvc-{stage}")
-def run_stage(stage: str) -> str:
-    """Run one stage through DVC, streaming its output into the Prefect logs."""
+def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"sft": {"max_steps": 4}} and {"sft.max_steps": 4} both give {"sft.max_steps": 4}."""
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_overrides(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def set_param_args(overrides: dict[str, Any], params_yaml: Path) -> list[str]:
+    """`--set-param key=value` arguments; every key must already exist in params.yaml
+    (a typo fails here, before anything runs). Values are written as JSON, which the
+    override grammar DVC uses (Hydra's) reads back with the same type."""
+    params = yaml.safe_load(params_yaml.read_text(encoding="utf-8"))
+    args: list[str] = []
+    for key, value in flatten_overrides(overrides).items():
+        node: Any = params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                section = key.split(".")[0]
+                known = sorted(node) if isinstance(node, dict) else []
+                raise ValueError(
+                    f"unknown parameter {key!r} (not in {params_yaml.name}; "
+                    f"keys at that level: {', '.join(map(str, known)) or section})"
+                )
+            node = node[part]
+        args += ["--set-param", f"{key}={json.dumps(value)}"]
+    return args
+
+
+def experiment_name() -> str:
+    """A fresh, valid git ref name: bardlet-20260101-030000-1a2b."""
+    return f"bardlet-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+
+
+def dvc_env(workdir: Path) -> dict[str, str]:
+    """The stages' environment. An experiment runs in a copy of the project under
+    .dvc/tmp/exps/, so MLflow's default store (mlflow.db in the working directory) would be
+    thrown away with it: point it at the project's own store unless one is configured."""
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir.resolve() / 'mlflow.db'}")
+    return env
+
+
+def stream(command: list[str], workdir: Path, what: str) -> list[str]:
+    """Run a command in workdir, every output line into the Prefect logs; returns the
+    last lines, or raises with them when it fails."""
     logger = get_run_logger()
-    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        command,
+        cwd=workdir,
+        env=dvc_env(workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
     )
     assert process.stdout is not None
     tail: list[str] = []
@@ -64,21 +137,124 @@ def run_stage(stage: str) -> str:
         logger.info(line.rstrip())
         tail = (tail + [line.rstrip()])[-20:]
     if process.wait() != 0:
-        raise RuntimeError(f"stage {stage} failed:\n" + "\n".join(tail))
+        raise RuntimeError(f"{what} failed:\n" + "\n".join(tail))
+    return tail
+
+
+@task(task_run_name="dvc-{stage}")
+def run_stage(stage: str, workdir: str = ".") -> str:
+    """Run one stage through DVC, streaming its output into the Prefect logs."""
+    tail = stream([*DVC, "repro", "--single-item", stage], Path(workdir), f"stage {stage}")
     return "skipped (cached)" if any("didn't change" in line for line in tail) else "ran"
 
 
-@flow(name="bardlet-pipeline", log_prints=True)
-def pipeline() -> dict[str, str]:
-    """Every DVC stage in order; returns what each one did."""
-    results: dict[str, str] = {}
-    for stage in stage_order():
-        retries = 3 if stage in RETRYING_STAGES else 0
-        results[stage] = run_stage.with_options(retries=retries, retry_delay_seconds=[5, 20, 60])(
-            stage
+@task(task_run_name="dvc-exp-{name}")
+def run_experiment(name: str, set_params: list[str], workdir: str = ".") -> dict[str, Any]:
+    """`dvc exp run --temp`: the changed stages run in a temporary copy of the project;
+    the work tree stays clean. Returns the experiment's git revision and metrics."""
+    command = [*DVC, "exp", "run", "--temp", "--name", name, *set_params]
+    stream(command, Path(workdir), f"experiment {name}")
+    return experiment_info(name, Path(workdir))
+
+
+def experiment_info(name: str, workdir: Path) -> dict[str, Any]:
+    """An experiment's revision and metrics from `dvc exp show --json`."""
+    shown = subprocess.run(
+        [*DVC, "exp", "show", "--json"],
+        cwd=workdir,
+        env=dvc_env(workdir),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    for baseline in json.loads(shown.stdout):
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment.get("revs") or []:
+                if rev.get("name") == name:
+                    metrics = (rev.get("data") or {}).get("metrics") or {}
+                    return {
+                        "rev": rev["rev"],
+                        "metrics": (metrics.get(METRICS) or {}).get("data") or {},
+                    }
+    raise RuntimeError(f"experiment {name!r} is not in `dvc exp show`")
+
+
+def read_at_rev(path: str, rev: str, workdir: Path) -> str:
+    """A DVC-tracked file as the experiment `rev` produced it (from the DVC cache)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / Path(path).name
+        subprocess.run(
+            [*DVC, "get", ".", path, "--rev", rev, "--out", str(out)],
+            cwd=workdir,
+            env=dvc_env(workdir),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
         )
-    return results
+        return out.read_text(encoding="utf-8")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+@flow(name="bardlet-pipeline", log_prints=True)
+def pipeline(
+    overrides: dict[str, Any] | None = None,
+    experiment: str | None = None,
+    workdir: str = ".",
+) -> dict[str, Any]:
+    """Every DVC stage in order. overrides: params.yaml keys to change for this run
+    ({"sft.max_steps": 4}); with any, the run is the DVC experiment `experiment`
+    (a generated name by default) and the work tree is left as it was."""
+    root = Path(workdir)
+    if not overrides:
+        stages: dict[str, str] = {}
+        for stage in stage_order(root / "dvc.yaml"):
+            retries = 3 if stage in RETRYING_STAGES else 0
+            stages[stage] = run_stage.with_options(
+                retries=retries, retry_delay_seconds=RETRY_DELAYS
+            )(stage, workdir)
+        return {
+            "experiment": None,
+            "run_id": read_json(root / RUN_INFO).get("run_id"),
+            "metrics": read_json(root / METRICS),
+            "stages": stages,
+        }
+    set_params = set_param_args(overrides, root / "params.yaml")
+    name = experiment or experiment_name()
+    info = run_experiment(name, set_params, workdir)
+    rev = info["rev"]
+    run_id = json.loads(read_at_rev(RUN_INFO, rev, root)).get("run_id")
+    print(f"experiment {name} ({rev[:7]}): MLflow run {run_id}")
+    return {
+        "experiment": name,
+        "rev": rev,
+        "overrides": flatten_overrides(overrides),
+        "run_id": run_id,
+        "metrics": info["metrics"],
+    }
+
+
+@flow(name="bardlet-sweep", log_prints=True)
+def sweep(overrides: list[dict[str, Any]], workdir: str = ".") -> list[dict[str, Any]]:
+    """One experiment per override dict, one after another (they share the DVC cache, so
+    stages an override does not touch are not run again)."""
+    return [pipeline(overrides=each, workdir=workdir) for each in overrides]
+
+
+def parse_cli(args: list[str]) -> dict[str, Any]:
+    """`sft.max_steps=4 model.n_layer=2` -> {"sft.max_steps": 4, "model.n_layer": 2}."""
+    overrides: dict[str, Any] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise SystemExit(f"expected key=value, got {arg!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 if __name__ == "__main__":
-    print(json.dumps(pipeline()))
+    print(json.dumps(pipeline(overrides=parse_cli(sys.argv[1:]) or None)))
