@@ -236,7 +236,7 @@ def sample(
         kept[keep] = probs[keep]
         probs = kept / kept.sum()
     if settings.min_p > 0.0:
-        pass
+        probs = np.where(probs >= settings.min_p * probs.max(), probs, 0.0)
         probs /= probs.sum()
     return int(rng.choice(len(probs), p=probs))
 

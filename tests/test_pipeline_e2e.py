@@ -158,7 +158,7 @@ def test_generate_from_the_exported_model_with_no_model_argument(project):
 def test_prefect_flow_runs_the_stages_in_order(project):
     out = run([sys.executable, "-m", "pipelines.flow"], project, timeout=300).stdout
     result = json.loads(out.strip().splitlines()[-1])  # the flow prints its result as JSON
-    assert list(result) == [
+    assert list(result["stages"]) == [
         "download",
         "prepare",
         "tokenizer",
@@ -168,7 +168,8 @@ def test_prefect_flow_runs_the_stages_in_order(project):
         "evaluate",
         "export",
     ]
-    assert set(result.values()) == {"skipped (cached)"}
+    assert set(result["stages"].values()) == {"skipped (cached)"}
+    assert result["experiment"] is None and len(result["run_id"]) == 32
 
 
 def test_pretrain_stage_runs_under_torchrun_with_two_processes(project):
