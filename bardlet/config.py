@@ -117,6 +117,9 @@ class ExportParams(Section):
     opset: int = Field(17, ge=17)
     parity_steps: int = Field(32, ge=1)
     parity_tolerance: float = Field(1e-4, gt=0)
+    int8: bool = True
+    int8_max_bpb_delta_percent: float = Field(2.0, gt=0)
+    bpb_batches: int = Field(20, ge=1)
 
 
 class Params(Section):

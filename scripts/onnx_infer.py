@@ -195,6 +195,27 @@ def render_chat(tokenizer: BPE, messages: list[dict[str, str]], system: str | No
     return ids + [tokenizer.special("<|assistant|>")]
 
 
+def fit_chat(
+    tokenizer: BPE,
+    messages: list[dict[str, str]],
+    system: str | None,
+    block_size: int,
+    max_new_tokens: int,
+) -> tuple[list[dict[str, str]], list[int] | None]:
+    """The messages that fit and their prompt: the oldest exchange (user + assistant) goes
+    until the prompt leaves room for a reply; (messages, None) if the last one alone is too
+    long."""
+    room = min(max_new_tokens, block_size // 4)
+    start = 0
+    while True:
+        prompt = render_chat(tokenizer, messages[start:], system)
+        if len(prompt) + room <= block_size:
+            return messages[start:], prompt
+        if len(messages) - start <= 1:
+            return messages, None
+        start += 2 if len(messages) - start > 2 else 1
+
+
 # ------------------------------------------------------------------------------- sampling
 
 
@@ -368,12 +389,10 @@ def chat(model: Model, tokenizer: BPE, args: argparse.Namespace, settings: Sampl
         else:
             line = args.prompt
         messages.append({"role": "user", "content": line})
-        room = min(args.max_new_tokens, model.block_size // 4)
-        prompt = render_chat(tokenizer, messages, args.system)
-        while len(prompt) + room > model.block_size and len(messages) > 1:
-            messages = messages[2:] if len(messages) > 2 else messages[1:]  # oldest exchange
-            prompt = render_chat(tokenizer, messages, args.system)
-        if len(prompt) + room > model.block_size:
+        kept, prompt = fit_chat(
+            tokenizer, messages, args.system, model.block_size, args.max_new_tokens
+        )
+        if prompt is None:
             messages.pop()
             write(
                 f"[that message is too long for the {model.block_size}-token context]\n", sys.stderr
@@ -381,6 +400,7 @@ def chat(model: Model, tokenizer: BPE, args: argparse.Namespace, settings: Sampl
             if not interactive:
                 sys.exit(2)
             continue
+        messages = kept
         reply = []
         for piece in model.stream_text(tokenizer, prompt, args.max_new_tokens, settings, stops):
             reply.append(piece)

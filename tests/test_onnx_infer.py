@@ -9,6 +9,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 import regex
 import torch
@@ -16,7 +17,7 @@ import torch
 from bardlet.chat import Chat
 from bardlet.export import export_onnx
 from bardlet.model import GPT, GPTConfig
-from bardlet.runtime import OnnxLM, Sampling
+from bardlet.runtime import OnnxLM, Sampling, sample
 from bardlet.tokenizer import GPT4_PATTERN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ TEXTS = [
     "½ ² Ⅻ ٣٤٥ ſ K \u00a0nbsp\u2003em\u2028line \x1c\x1d",
     "<|assistant|> typed by a user <|end|>",
     "x" * 300,
+    "Sweet belle, eee lll ----- eeeee\n\n\n",  # runs: the leftmost pair merges first
     "",
 ]
 
@@ -129,7 +131,9 @@ def test_stdlib_pattern_splits_like_regex_on_every_known_character(script):
     rng = random.Random(0)
     for _ in range(300):
         text = "".join(
-            rng.choice(known) if rng.random() < 0.4 else rng.choice(" \n\r\t'sLlVe1.,!")
+            rng.choice(known)
+            if rng.random() < 0.4
+            else rng.choice(" \n\r\t'sLlVe1.,!\x1c\x1f\x85\xa0\u2028\u3000")
             for _ in range(30)
         )
         assert ours.findall(text) == reference.findall(text), repr(text)
@@ -165,6 +169,55 @@ def test_seeded_sampling_and_stop_strings_equal_the_bardlet_runtime(bundle, stub
     assert run(bundle, stubs, *args, "--stop", stop).stdout == cut + "\n"
     other = run(bundle, stubs, *args[:-1], "8").stdout
     assert other != expected + "\n"
+
+
+def test_sampling_rules_equal_the_runtime(script):
+    """The script's copy of `sample` draws what bardlet's draws, knob by knob."""
+    rng = np.random.default_rng(0)
+    for knobs in (
+        {"temperature": 0.0},
+        {"temperature": 0.0, "repetition_penalty": 3.0},
+        {"temperature": 1.0, "top_k": 0},
+        {"temperature": 0.7, "top_k": 5},
+        {"temperature": 5.0, "top_k": 3},
+        {"temperature": 1.3, "top_k": 0, "top_p": 0.5},
+        {"temperature": 1.0, "top_k": 0, "min_p": 0.3},
+        {"temperature": 1.0, "top_k": 0, "repetition_penalty": 2.0},
+        {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "min_p": 0.1, "repetition_penalty": 1.3},
+    ):
+        ours, theirs = script.Sampling(**knobs), Sampling(**knobs)
+        for trial in range(30):
+            # Odd trials: every logit negative, where the penalty multiplies instead of divides.
+            logits = (rng.normal(size=64) * 3 - 8 * (trial % 2)).astype(np.float32)
+            previous = [*np.argsort(logits)[-2:].tolist(), 3, 5, 5]  # the likeliest were seen
+            a = script.sample(logits, ours, np.random.default_rng(trial), previous)
+            b = sample(logits, theirs, np.random.default_rng(trial), previous)
+            assert a == b, (knobs, trial)
+
+
+def test_chat_forgets_old_turns_like_bardlet_chat(script, bundle):
+    """Same rule as bardlet.chat.Chat: drop the oldest exchange until prompt + room fit."""
+    lm = OnnxLM(bundle)
+    bpe = script.BPE(bundle / "bpe.json")
+    words = ["a b c d", "e f", "g h i j k l", "m", "n o p q r s t u v w x y z", "the king"]
+    for n in range(1, 7):
+        for system in (None, "Be brief."):
+            messages = [
+                {"role": "user" if i % 2 == 0 else "assistant", "content": words[i] * 2}
+                for i in range(n)
+            ]
+            if messages[-1]["role"] != "user":
+                continue
+            chat = Chat(lm, Sampling(), system=system, max_new_tokens=12)
+            chat.messages = [dict(m) for m in messages]
+            try:
+                expected = chat._prompt()
+            except ValueError:
+                expected = None
+            kept, prompt = script.fit_chat(bpe, messages, system, lm.block_size, 12)
+            assert prompt == expected, (n, system)
+            if expected is not None:
+                assert kept == chat.messages
 
 
 def test_chat_replies_equal_bardlet_chat(bundle, stubs):
