@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 
-def build_tiny_model(folder: Path, tokenizer, block_size: int = 64, n_embd: int = 32) -> Path:
+def build_tiny_model(
+    folder: Path, tokenizer, block_size: int = 64, n_embd: int = 32, logit_scale: float = 1.0
+) -> Path:
     """folder/model.onnx + folder/bpe.json from a random GPT; returns the folder.
 
     The output head is untied and never favours special tokens: a random model with tied
@@ -43,6 +45,9 @@ def build_tiny_model(folder: Path, tokenizer, block_size: int = 64, n_embd: int 
     )
     model = GPT(config).eval()
     with torch.no_grad():
+        # logit_scale > 1 spreads the other logits so far that a special token (logit 0)
+        # is never sampled: replies then run to max_tokens instead of stopping at random.
+        model.lm_head.weight.mul_(logit_scale)
         model.lm_head.weight[sorted(tokenizer.special_tokens.values())] = 0.0
     export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": tokenizer.hash})
     tokenizer.save(folder / "bpe.json")

@@ -43,7 +43,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, small_tokenizer):
-    folder = build_tiny_model(tmp_path_factory.mktemp("browser"), small_tokenizer, CONTEXT)
+    # Wide enough that a 2,048-token reply takes seconds even on a fast runtime.
+    folder = build_tiny_model(
+        tmp_path_factory.mktemp("browser"), small_tokenizer, CONTEXT, n_embd=192, logit_scale=50
+    )
     served = Server(folder / "model.onnx")
     try:
         served.wait_healthy()
@@ -111,7 +114,7 @@ def screenshot(page, path: Path) -> None:
 
 def test_a_typed_message_gets_a_streamed_reply(page, tmp_path):
     assert "bardlet" in page.locator("#model").text_content()
-    page.fill("#max-tokens", "400")
+    page.fill("#max-tokens", "1000")
     page.fill("#input", "Good morrow, gentle friend!")
     page.click("#send")
     page.wait_for_selector("#log .msg.user")
