@@ -33,6 +33,8 @@ from typing import Any
 import yaml
 from prefect import flow, get_run_logger, task
 
+from bardlet.tracking import flatten
+
 # Stages that talk to the network get retries with back-off; the others fail fast.
 RETRYING_STAGES = {"download"}
 RETRY_DELAYS: list[float] = [5, 20, 60]
@@ -71,25 +73,13 @@ def stage_order(dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
     return ordered
 
 
-def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"sft": {"max_steps": 4}} and {"sft.max_steps": 4} both give {"sft.max_steps": 4}."""
-    flat: dict[str, Any] = {}
-    for key, value in overrides.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_overrides(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def set_param_args(overrides: dict[str, Any], params_yaml: Path) -> list[str]:
     """`--set-param key=value` arguments; every key must already exist in params.yaml
     (a typo fails here, before anything runs). Values are written as JSON, which the
     override grammar DVC uses (Hydra's) reads back with the same type."""
     params = yaml.safe_load(params_yaml.read_text(encoding="utf-8"))
     args: list[str] = []
-    for key, value in flatten_overrides(overrides).items():
+    for key, value in flatten(overrides).items():
         node: Any = params
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -232,7 +222,7 @@ def pipeline(
     return {
         "experiment": name,
         "rev": rev,
-        "overrides": flatten_overrides(overrides),
+        "overrides": flatten(overrides),
         "run_id": run_id,
         "metrics": info["metrics"],
     }

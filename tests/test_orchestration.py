@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.flow import flatten_overrides, parse_cli, pipeline, set_param_args
+from pipelines.flow import flatten, parse_cli, pipeline, set_param_args
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -149,7 +149,7 @@ def toy(tmp_path_factory) -> Path:
 def test_overrides_become_set_param_arguments(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(TOY_PARAMS))
-    assert flatten_overrides({"sft": {"max_steps": 4}, "download.text": "x"}) == {
+    assert flatten({"sft": {"max_steps": 4}, "download.text": "x"}) == {
         "sft.max_steps": 4,
         "download.text": "x",
     }
