@@ -8,7 +8,6 @@ Shakespeare is 2.12 bits per byte).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 from bardlet.data.loaders import Batch
 from bardlet.model import GPT
+from bardlet.runtime.evaluate import summarize
 from bardlet.tokenizer import Tokenizer
 
 
@@ -57,15 +57,7 @@ def measure(
         tokens += len(counted)
         n_bytes += int(byte_lengths[counted].sum())
     model.train(was_training)
-    if tokens == 0:
-        raise ValueError("no target tokens to evaluate: the validation split is empty")
-    loss = nats / tokens
-    return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
-        "bpb": nats / max(n_bytes, 1) / math.log(2),
-        "tokens": float(tokens),
-    }
+    return summarize(nats, tokens, n_bytes)
 
 
 def rouge_l(candidate: str, reference: str) -> float:

@@ -6,7 +6,7 @@ skips the stage when its deps and params are unchanged. Prefect adds what DVC la
 
 With overrides of params.yaml (`{"sft.max_steps": 4}`) the run becomes a DVC experiment:
 one task runs `dvc exp run --temp --name <name> --set-param k=v ...`, which copies the
-project into `.dvc/tmp/exps/`, reproduces what the overrides change there (the rest comes
+project into a scratch folder inside `.dvc/`, reproduces what the overrides change there (the rest comes
 from the DVC cache) and records the result as an experiment (`dvc exp show`). The work tree
 and its params.yaml stay untouched; `dvc exp apply <name>` brings a result in.
 
@@ -100,8 +100,8 @@ def experiment_name() -> str:
 
 
 def dvc_env(workdir: Path) -> dict[str, str]:
-    """The stages' environment. An experiment runs in a copy of the project under
-    .dvc/tmp/exps/, so MLflow's default store (mlflow.db in the working directory) would be
+    """The stages' environment. An experiment runs in a copy of the project inside
+    .dvc/ (DVC's experiment scratch space), so MLflow's default store (mlflow.db in the working directory) would be
     thrown away with it: point it at the project's own store unless one is configured."""
     env = dict(os.environ)
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir.resolve() / 'mlflow.db'}")

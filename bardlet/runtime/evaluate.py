@@ -19,6 +19,21 @@ from bardlet.runtime.session import open_session
 Batch = tuple[np.ndarray, np.ndarray]  # (inputs, targets), (batch, time); targets -1 = skip
 
 
+def summarize(nats: float, tokens: int, n_bytes: int) -> dict[str, float]:
+    """Loss, perplexity and bits per byte from summed next-token losses (nats), the number of
+    target tokens and the UTF-8 bytes they cover. The one place these formulas live: PyTorch
+    evaluation (bardlet.evaluation) and ONNX evaluation both end here."""
+    if tokens == 0:
+        raise ValueError("no target tokens to evaluate: the validation split is empty")
+    loss = nats / tokens
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "bpb": nats / max(n_bytes, 1) / math.log(2),
+        "tokens": float(tokens),
+    }
+
+
 def token_losses(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Next-token cross-entropy in nats for every position whose target is not -1 (float64)."""
     flat = logits.reshape(-1, logits.shape[-1])
@@ -58,12 +73,4 @@ def measure_onnx_bpb(
         counted = targets[targets >= 0]
         tokens += len(counted)
         n_bytes += int(byte_lengths[counted].sum())
-    if tokens == 0:
-        raise ValueError("no target tokens to evaluate: the validation split is empty")
-    loss = nats / tokens
-    return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
-        "bpb": nats / max(n_bytes, 1) / math.log(2),
-        "tokens": float(tokens),
-    }
+    return summarize(nats, tokens, n_bytes)
