@@ -97,6 +97,35 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def fit_conversation(
+    tokenizer: Tokenizer,
+    messages: list[Message],
+    system: str | None,
+    block_size: int,
+    reply_room: int,
+) -> tuple[list[Message], list[int]]:
+    """The newest turns whose prompt leaves `reply_room` tokens of the context for a reply.
+
+    Drops the oldest exchange (user + assistant) until it fits; system messages and the
+    newest message always stay. Returns the kept messages and their prompt ids, or raises
+    ValueError when the newest message alone cannot fit.
+    """
+    turns = [i for i, m in enumerate(messages) if m["role"] != "system"]
+    start = 0  # how many of the oldest turns are dropped
+    while True:
+        dropped = set(turns[:start])
+        kept = [m for i, m in enumerate(messages) if i not in dropped]
+        ids = render_prompt(tokenizer, kept, system)
+        if len(ids) + reply_room <= block_size:
+            return kept, ids
+        if len(turns) - start <= 1:
+            raise ValueError(
+                f"that message is {len(ids)} tokens with the template; the model's context "
+                f"is {block_size} tokens including the reply: please shorten it"
+            )
+        start += 2 if len(turns) - start > 2 else 1
+
+
 class Chat:
     """A multi-turn conversation with an exported model.
 
@@ -138,21 +167,11 @@ class Chat:
 
     def _prompt(self) -> list[int]:
         """The prompt ids; drops the oldest exchanges (never the newest message) to fit."""
-        tokenizer = self.lm.tokenizer
         reply_room = min(self.max_new_tokens, self.lm.block_size // 4)
-        start = 0
-        while True:
-            ids = render_prompt(tokenizer, self.messages[start:], self.system)
-            if len(ids) + reply_room <= self.lm.block_size:
-                self.messages = self.messages[start:]
-                return ids
-            if len(self.messages) - start <= 1:
-                raise ValueError(
-                    f"that message is {len(ids)} tokens with the template; the model's context "
-                    f"is {self.lm.block_size} tokens including the reply: please shorten it"
-                )
-            # Drop the oldest exchange (user + assistant) and try again.
-            start += 2 if len(self.messages) - start > 2 else 1
+        self.messages, ids = fit_conversation(
+            self.lm.tokenizer, self.messages, self.system, self.lm.block_size, reply_room
+        )
+        return ids
 
     def reply(self, user_text: str) -> Generator[str, None, None]:
         """Stream the assistant's reply as text pieces; it joins the memory when it ends

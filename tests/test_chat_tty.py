@@ -11,7 +11,7 @@ import pexpect
 import pytest
 from conftest_server import PYTHON, REPO, build_tiny_model, child_env
 
-from bardlet.chat import STYLES, Chat, command, repl
+from bardlet.chat import STYLES, Chat, command, fit_conversation, repl
 from bardlet.data.chat_template import render_prompt
 from bardlet.runtime import OnnxLM, Sampling
 
@@ -226,3 +226,17 @@ def test_commands_validate_their_arguments(short_model):
     assert command(chat, "/seed off") == "(seed off)" and chat.settings.seed is None
     assert command(chat, "/exit") is None
     assert re.search(r"top_k=\d+", command(chat, "/settings") or "")
+
+
+def test_fit_conversation_keeps_order_and_system_messages(short_model):
+    tokenizer, size = short_model.tokenizer, short_model.block_size
+    messages = [
+        {"role": "user", "content": "first " * 8},
+        {"role": "assistant", "content": "reply " * 8},
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "second"},
+    ]
+    assert fit_conversation(tokenizer, messages, None, 10_000, 8)[0] == messages  # all fit
+    kept, ids = fit_conversation(tokenizer, messages, None, size, 8)
+    assert kept == messages[2:]  # the oldest exchange went; the system message kept its place
+    assert ids == render_prompt(tokenizer, kept) and len(ids) + 8 <= size

@@ -226,6 +226,37 @@ def test_error_statuses_and_shape(server):
     assert error_of(httpx.get(url, timeout=TIMEOUT), 405)
 
 
+def test_truncation_auto_drops_the_oldest_turns_to_fit(client, lm):
+    system = {"role": "system", "content": "Speak plainly."}
+    old_turns = [
+        {"role": "user", "content": "word " * 20},
+        {"role": "assistant", "content": "word " * 20},
+    ]
+    messages = [system, *old_turns, *HELLO]
+    assert len(render_prompt(lm.tokenizer, messages)) >= 64, "the test needs a prompt too long"
+    with pytest.raises(openai.BadRequestError) as caught:  # the OpenAI default: refuse it
+        client.chat.completions.create(model="bardlet", messages=messages, max_tokens=8)
+    assert caught.value.code == "context_length_exceeded"
+
+    done = client.chat.completions.create(
+        model="bardlet",
+        messages=messages,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"truncation": "auto"},
+    )
+    kept = [system, *HELLO]  # the old exchange is gone; the system prompt and question stay
+    assert done.usage is not None
+    assert done.usage.prompt_tokens == len(render_prompt(lm.tokenizer, kept))
+    assert done.choices[0].message.content == expected_reply(lm, kept, 8, Sampling(temperature=0))
+    alone = [{"role": "user", "content": "word " * 100}]  # the newest message alone is too long
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="bardlet", messages=alone, extra_body={"truncation": "auto"}
+        )
+    assert caught.value.code == "context_length_exceeded"
+
+
 def test_openai_client_sees_typed_errors(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(

@@ -148,7 +148,24 @@ def test_a_typed_message_gets_a_streamed_reply(page, tmp_path):
     screenshot(page, tmp_path / "chat.png")
 
 
+def slow_network(page, bytes_per_second: int) -> None:
+    """Chromium's own network throttling (DevTools protocol): a reply the server writes in two
+    seconds then reaches the page over many, so Stop is always clicked mid-stream."""
+    devtools = page.context.new_cdp_session(page)
+    devtools.send("Network.enable")
+    devtools.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 0,
+            "downloadThroughput": bytes_per_second,
+            "uploadThroughput": -1,
+        },
+    )
+
+
 def test_stop_ends_a_long_reply(page, tmp_path):
+    slow_network(page, 8_000)  # each streamed token is ~150 bytes of SSE: ~50 tokens a second
     page.fill("#max-tokens", str(CONTEXT))
     page.fill("#input", "Tell me a very long tale.")
     page.press("#input", "Enter")  # Enter sends too

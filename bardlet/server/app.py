@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bardlet.chat import STYLES, decode_pieces, special_ids
+from bardlet.chat import STYLES, decode_pieces, fit_conversation, special_ids
 from bardlet.data.chat_template import render_prompt
 from bardlet.runtime import OnnxLM, Sampling
 
@@ -200,6 +200,14 @@ class _Common(BaseModel):
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    truncation: Literal["auto", "disabled"] = Field(
+        "disabled",
+        description=(
+            "bardlet extension, named as in OpenAI's Responses API: 'auto' drops the oldest "
+            "turns (never system messages or the newest message) so the prompt leaves room "
+            "for the reply; 'disabled' refuses a prompt that does not fit"
+        ),
+    )
 
 
 class CompletionRequest(_Common):
@@ -446,10 +454,19 @@ def create_app(
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in body.messages
         ]
-        prompt = render_prompt(tokenizer, messages)
+        limit = body.max_completion_tokens or body.max_tokens or lm.block_size
+        if body.truncation == "auto":
+            reply_room = min(limit, lm.block_size // 4)
+            try:
+                _, prompt = fit_conversation(tokenizer, messages, None, lm.block_size, reply_room)
+            except ValueError as error:
+                raise APIError(
+                    400, str(error), param="messages", code="context_length_exceeded"
+                ) from None
+        else:
+            prompt = render_prompt(tokenizer, messages)
         check_common(body, prompt)
         stops = _stop_list(body.stop)
-        limit = body.max_completion_tokens or body.max_tokens or lm.block_size
         gen = Generation(lm, prompt, limit, settings_for(body), stops, chat_stops)
         ident, now = new_id("chatcmpl"), int(time.time())
         if not body.stream:

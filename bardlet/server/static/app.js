@@ -88,6 +88,7 @@ async function send(text) {
         temperature: Number($("temperature").value),
         top_p: Number($("top-p").value),
         max_tokens: Number($("max-tokens").value) || undefined,
+        truncation: "auto", // a long conversation drops its oldest turns, as the terminal chat does
       }),
     });
     if (!response.ok) throw new Error(await errorText(response));
