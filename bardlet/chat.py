@@ -15,34 +15,33 @@ from bardlet.data.chat_template import Message, render_prompt
 from bardlet.runtime import OnnxLM, Sampling
 from bardlet.tokenizer import Tokenizer
 
-# Named presets: a system prompt plus sampling settings. `/style NAME` in the terminal chat,
-# `GET /v1/styles` on the server. (params.yaml may override these later: see `chat.styles`.)
-STYLES: dict[str, dict[str, Any]] = {
-    "default": {
-        "system": None,
-        "temperature": 0.7,
-        "top_k": 40,
-        "top_p": 0.95,
-    },
-    "shakespeare": {
-        "system": "Thou art a player in Shakespeare's company: answer in his verse and manner.",
-        "temperature": 0.9,
-        "top_k": 50,
-        "top_p": 0.95,
-    },
-    "helpful": {
-        "system": "You are a helpful, honest assistant. Answer clearly and kindly.",
-        "temperature": 0.6,
-        "top_k": 40,
-        "top_p": 0.9,
-    },
-    "terse": {
-        "system": "Answer in as few words as possible.",
-        "temperature": 0.3,
-        "top_k": 20,
-        "top_p": 0.8,
-    },
-}
+# Named presets of a system prompt plus sampling settings: `/style NAME` in the terminal chat,
+# `GET /v1/styles` on the server, the style menu of the web page. They are set in params.yaml
+# (`chat.styles`); the export stage writes them to styles.json beside the model, so a copied
+# model folder keeps them. A model without that file offers only the sampling defaults.
+STYLES_FILE = "styles.json"
+DEFAULT_STYLE: dict[str, Any] = {"system": None, "temperature": 0.7, "top_k": 40, "top_p": 0.95}
+
+
+def load_styles(model_path: str | Path) -> dict[str, dict[str, Any]]:
+    """The style presets saved beside an exported model, or only `default` without them."""
+    path = Path(model_path)
+    path = (path if path.is_dir() else path.parent) / STYLES_FILE
+    if not path.exists():
+        return {"default": dict(DEFAULT_STYLE)}
+    try:
+        styles = json.loads(path.read_text(encoding="utf-8"))
+        for name, preset in styles.items():
+            unknown = set(preset) - set(DEFAULT_STYLE)
+            if unknown:
+                raise ValueError(f"style {name!r} has unknown keys {sorted(unknown)}")
+    except (ValueError, AttributeError) as error:
+        raise ValueError(
+            f"{path} is not a styles file ({error}): re-run `dvc repro export`"
+        ) from None
+    styles = {"default": {}, **styles}  # `default` is what a chat starts with
+    return {name: {**DEFAULT_STYLE, **preset} for name, preset in styles.items()}
+
 
 TRANSCRIPT_FORMAT = "bardlet-chat"
 TRANSCRIPT_VERSION = 1
@@ -140,8 +139,10 @@ class Chat:
         settings: Sampling,
         system: str | None = None,
         max_new_tokens: int = 128,
+        styles: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.lm = lm
+        self.styles = styles if styles is not None else load_styles(lm.path)
         self.settings = settings
         self.system = system
         self.max_new_tokens = max_new_tokens
@@ -152,10 +153,10 @@ class Chat:
         self.messages = []
 
     def apply_style(self, name: str) -> None:
-        """Use a preset from STYLES: its system prompt and sampling settings."""
-        if name not in STYLES:
-            raise ValueError(f"unknown style {name!r}; choose one of {', '.join(STYLES)}")
-        preset = STYLES[name]
+        """Use one of the style presets: its system prompt and sampling settings."""
+        if name not in self.styles:
+            raise ValueError(f"unknown style {name!r}; choose one of {', '.join(self.styles)}")
+        preset = self.styles[name]
         self.system = preset.get("system")
         self.settings = Sampling(
             temperature=float(preset.get("temperature", self.settings.temperature)),
@@ -310,7 +311,7 @@ def command(chat: Chat, line: str) -> str | None:
         return f"(system prompt: {chat.system!r})"
     if name == "/style":
         if not arg:
-            return "styles: " + ", ".join(STYLES) + f" (current: {chat.style or '-'})"
+            return "styles: " + ", ".join(chat.styles) + f" (current: {chat.style or '-'})"
         chat.apply_style(arg)
         return f"(style {arg})\n{_describe(chat)}"
     if name == "/save":

@@ -52,46 +52,49 @@ def generate(
 
 @app.command()
 def chat(
-    ctx: typer.Context,
     model: ModelOption = DEFAULT_MODEL,
     system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0)] = 0.7,
-    top_k: Annotated[int, typer.Option("--top-k", min=0)] = 40,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 0.95,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", "-t", min=0.0, show_default="from --style")
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", min=0, show_default="from --style")
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option("--top-p", min=0.0, max=1.0, show_default="from --style")
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", "-s")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1)] = 128,
     style: Annotated[
-        str | None,
+        str,
         typer.Option(
             "--style",
-            help="A preset of system prompt + sampling (shakespeare, helpful, terse, ...); "
-            "options given explicitly win over it.",
+            help="A preset of system prompt + sampling (params.yaml `chat.styles`, saved "
+            "beside the model: shakespeare, helpful, terse, ...); options given explicitly win.",
         ),
-    ] = None,
+    ] = "default",
 ) -> None:
     """Chat with the model in the terminal (multi-turn; /help for commands)."""
-    from bardlet.chat import STYLES, Chat, repl
+    from bardlet.chat import Chat, repl
     from bardlet.runtime import Sampling
 
-    if style is not None and style not in STYLES:
-        typer.echo(f"error: unknown style {style!r}; choose one of {', '.join(STYLES)}", err=True)
-        raise typer.Exit(code=2)
     lm = _load(model)
-    settings = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    session = Chat(lm, settings, system=system, max_new_tokens=max_new_tokens)
-    if style is not None:
-        session.apply_style(style)
-
-        def given(name: str) -> bool:
-            source = ctx.get_parameter_source(name)
-            return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-        explicit = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-        for name, value in explicit.items():
-            if given(name):
-                setattr(session.settings, name, value)
-        if given("system"):
-            session.system = system
+    try:
+        session = Chat(lm, Sampling(seed=seed), max_new_tokens=max_new_tokens)
+    except ValueError as error:  # a broken styles.json
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    if style not in session.styles:
+        choices = ", ".join(session.styles)
+        typer.echo(f"error: unknown style {style!r}; choose one of {choices}", err=True)
+        raise typer.Exit(code=2)
+    session.apply_style(style)
+    explicit = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    for name, value in explicit.items():
+        if value is not None:
+            setattr(session.settings, name, value)
+    if system is not None:
+        session.system = system
     if sys.stdin.isatty():
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (line editing and history for input())
@@ -130,7 +133,11 @@ def serve(
             f"warning: serving on {host} without an API key: anyone who can reach it can use it",
             err=True,
         )
-    app_ = create_app(lm, api_key=api_key or None)
+    try:
+        app_ = create_app(lm, api_key=api_key or None)
+    except ValueError as error:  # a broken styles.json
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
     typer.echo(f"bardlet: http://{host}:{port}/  (API at /v1, schema at /openapi.json)", err=True)
     uvicorn.run(app_, host=host, port=port, log_level=log_level.lower())
 

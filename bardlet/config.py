@@ -122,6 +122,25 @@ class ExportParams(Section):
     bpb_batches: int = Field(20, ge=1)
 
 
+class StyleParams(Section):
+    """A chat style preset: a system prompt plus sampling settings."""
+
+    system: str | None = None
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_k: int = Field(40, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+
+
+class ChatParams(Section):
+    styles: dict[str, StyleParams]
+
+    @model_validator(mode="after")
+    def _has_default(self) -> ChatParams:
+        if "default" not in self.styles:
+            raise ValueError("styles needs a 'default' preset: what a chat starts with")
+        return self
+
+
 class Params(Section):
     download: DownloadParams
     prepare: PrepareParams
@@ -132,6 +151,7 @@ class Params(Section):
     sft: TrainParams
     evaluate: EvaluateParams
     export: ExportParams
+    chat: ChatParams
 
 
 class ParamsError(ValueError):

@@ -1,7 +1,8 @@
 """Stage `export`: the chat model as one ONNX graph with a KV cache -> models/onnx/
 
 The folder is self-contained: model.onnx (config, tokenizer hash and special ids inside
-as metadata) and the tokenizer files, all that `bardlet chat` or the runtime needs. The
+as metadata), the tokenizer files and the chat style presets (styles.json, from params.yaml
+`chat.styles`), all that `bardlet chat` or the runtime needs. The
 stage fails unless onnxruntime reproduces PyTorch's logits within the tolerance on a
 prompt plus `parity_steps` incremental steps.
 """
@@ -11,6 +12,7 @@ import shutil
 import numpy as np
 
 from bardlet import tracking
+from bardlet.chat import STYLES_FILE
 from bardlet.config import load_params
 from bardlet.data.chat_template import render_prompt
 from bardlet.data.loaders import TokenWindows
@@ -24,7 +26,8 @@ from stages.paths import CHAT_MODEL, ONNX_DIR, REPORTS, SHARDS, TOKENIZER, TOKEN
 
 
 def main() -> None:
-    params = load_params().export
+    all_params = load_params()
+    params = all_params.export
     tokenizer = Tokenizer.load(TOKENIZER)
     model, info = checkpoint.load(CHAT_MODEL)
     ONNX_DIR.mkdir(parents=True, exist_ok=True)
@@ -37,6 +40,8 @@ def main() -> None:
     export_onnx(model, onnx_path, params.opset, metadata)
     for name in ("bpe.json", "tokenizer.json"):
         shutil.copyfile(TOKENIZER_DIR / name, ONNX_DIR / name)
+    styles = {name: style.model_dump() for name, style in all_params.chat.styles.items()}
+    write_json_atomic(ONNX_DIR / STYLES_FILE, styles)
 
     prompt = render_prompt(tokenizer, [{"role": "user", "content": "Who are you?"}])
     worst = check_parity(model, onnx_path, prompt, params.parity_steps)

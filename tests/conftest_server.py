@@ -6,6 +6,7 @@ ONNX the way tests/test_export_runtime.py does, so these tests never need the pi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,10 +21,21 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 
+def params_styles() -> dict:
+    """The chat style presets of the repository's params.yaml, as the export stage saves them."""
+    from bardlet.config import load_params
+
+    styles = load_params(REPO / "params.yaml").chat.styles
+    return {name: style.model_dump() for name, style in styles.items()}
+
+
+STYLES = params_styles()
+
+
 def build_tiny_model(
     folder: Path, tokenizer, block_size: int = 64, n_embd: int = 32, logit_scale: float = 1.0
 ) -> Path:
-    """folder/model.onnx + folder/bpe.json from a random GPT; returns the folder.
+    """folder/model.onnx, bpe.json and styles.json from a random GPT; returns the folder.
 
     The output head is untied and never favours special tokens: a random model with tied
     embeddings repeats its last input token (`<|assistant|>`, which ends a reply at once), and
@@ -51,6 +63,7 @@ def build_tiny_model(
         model.lm_head.weight[sorted(tokenizer.special_tokens.values())] = 0.0
     export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": tokenizer.hash})
     tokenizer.save(folder / "bpe.json")
+    (folder / "styles.json").write_text(json.dumps(STYLES))
     return folder
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest_server import PYTHON, REPO, build_tiny_model, child_env
+from conftest_server import PYTHON, REPO, STYLES, build_tiny_model, child_env
 
-from bardlet.chat import STYLES, Chat, command, fit_conversation, repl
+from bardlet.chat import DEFAULT_STYLE, Chat, command, fit_conversation, load_styles, repl
 from bardlet.data.chat_template import render_prompt
 from bardlet.runtime import OnnxLM, Sampling
 
@@ -240,3 +240,20 @@ def test_fit_conversation_keeps_order_and_system_messages(short_model):
     kept, ids = fit_conversation(tokenizer, messages, None, size, 8)
     assert kept == messages[2:]  # the oldest exchange went; the system message kept its place
     assert ids == render_prompt(tokenizer, kept) and len(ids) + 8 <= size
+
+
+def test_styles_come_from_beside_the_model(model_dir, tmp_path):
+    assert load_styles(model_dir / "model.onnx") == STYLES == load_styles(model_dir)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert load_styles(bare / "model.onnx") == {"default": DEFAULT_STYLE}  # no styles.json
+    (bare / "styles.json").write_text(json.dumps({"pirate": {"system": "Arr.", "top_k": 5}}))
+    styles = load_styles(bare)
+    assert list(styles) == ["default", "pirate"]  # a chat always has a default to start from
+    assert styles["pirate"] == {**DEFAULT_STYLE, "system": "Arr.", "top_k": 5}
+    (bare / "styles.json").write_text(json.dumps({"pirate": {"colour": "red"}}))
+    with pytest.raises(ValueError, match=r"unknown keys \['colour'\].*dvc repro export"):
+        load_styles(bare)
+    (bare / "styles.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="is not a styles file"):
+        load_styles(bare)

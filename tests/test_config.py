@@ -64,3 +64,18 @@ def test_bad_yaml(tmp_path):
     path.write_text("model: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(path)
+
+
+def test_chat_styles_are_checked():
+    raw = raw_params()
+    raw["chat"]["styles"]["terse"]["top_p"] = 1.5
+    with pytest.raises(ParamsError, match=r"chat\.styles\.terse\.top_p"):
+        validate_params(raw)
+    raw = raw_params()
+    raw["chat"]["styles"]["terse"]["colour"] = "grey"
+    with pytest.raises(ParamsError, match=r"chat\.styles\.terse\.colour: unknown key"):
+        validate_params(raw)
+    raw = raw_params()
+    del raw["chat"]["styles"]["default"]
+    with pytest.raises(ParamsError, match=r"chat: .*'default' preset"):
+        validate_params(raw)

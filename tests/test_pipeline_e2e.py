@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest_server import params_styles
 
 from tests.conftest import mirror_dir
 
@@ -106,6 +107,8 @@ def test_repro_builds_every_stage(project):
     assert 0 <= metrics["oasst"]["rouge_l"] <= 1
     assert (project / "models/onnx/model.onnx").exists()
     assert (project / "models/onnx/bpe.json").exists()
+    saved_styles = json.loads((project / "models/onnx/styles.json").read_text())
+    assert saved_styles == params_styles()  # params.yaml chat.styles travel with the model
     manifest = json.loads((project / "data/shards/pretrain/train/manifest.json").read_text())
     assert manifest["tokens"] > 100_000
     assert json.loads((project / "reports/export.json").read_text())["parity_max_abs_diff"] < 1e-4

@@ -15,10 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from conftest_server import build_tiny_model, free_port
+from conftest_server import STYLES, build_tiny_model, free_port
 from fastapi.testclient import TestClient
 
-from bardlet.chat import STYLES
 from bardlet.runtime import OnnxLM
 from bardlet.server import create_app
 

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bardlet.chat import STYLES, decode_pieces, fit_conversation, special_ids
+from bardlet.chat import decode_pieces, fit_conversation, load_styles, special_ids
 from bardlet.data.chat_template import render_prompt
 from bardlet.runtime import OnnxLM, Sampling
 
@@ -330,6 +330,7 @@ def create_app(
     *,
     model_id: str = "bardlet",
     max_body_bytes: int = MAX_BODY_BYTES,
+    styles: dict[str, dict[str, Any]] | None = None,
 ) -> FastAPI:
     """The FastAPI app: /v1 (OpenAI-compatible), /health, /openapi.json and the page at /."""
     app = FastAPI(
@@ -344,6 +345,7 @@ def create_app(
     bos = tokenizer.special_id("<|bos|>")
     chat_stops = special_ids(tokenizer)
     expected_key = api_key.encode() if api_key else None
+    styles = styles if styles is not None else load_styles(lm.path)
 
     async def check_key(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -397,7 +399,7 @@ def create_app(
     # -------------------------------------------------------------- helpers
 
     def settings_for(body: _Common) -> Sampling:
-        default = STYLES["default"]
+        default = styles["default"]
         return Sampling(
             temperature=default["temperature"] if body.temperature is None else body.temperature,
             top_k=default["top_k"] if body.top_k is None else body.top_k,
@@ -446,7 +448,7 @@ def create_app(
     @app.get("/v1/styles", tags=["bardlet"], dependencies=v1, responses=ERRORS)
     async def list_styles() -> dict[str, Any]:
         """The chat style presets (system prompt + sampling) the terminal chat also offers."""
-        return {"object": "list", "data": [{"id": k, **v} for k, v in STYLES.items()]}
+        return {"object": "list", "data": [{"id": k, **v} for k, v in styles.items()]}
 
     @app.post("/v1/chat/completions", tags=["openai"], dependencies=v1, responses=ERRORS)
     async def chat_completions(body: ChatCompletionRequest) -> Any:
