@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -26,7 +27,8 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="The exported model.onnx (bpe.json must sit beside it), or its folder.",
+        help="The exported model.onnx (bpe.json must sit beside it) or its folder; or a "
+        "training checkpoint folder such as models/chat (exported on the fly; needs PyTorch).",
     ),
 ]
 DEFAULT_MODEL = Path("models/onnx/model.onnx")
@@ -147,10 +149,44 @@ def _load(model: Path, threads: int = 0) -> OnnxLM:
     from bardlet.runtime import OnnxLM
 
     try:
+        if (model / "model.safetensors").exists():  # a training checkpoint, not an export
+            model = _export_checkpoint(model)
         return OnnxLM(model, threads=threads)
     except (FileNotFoundError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
+
+
+def _export_checkpoint(folder: Path, tokenizer_dir: Path = Path("models/tokenizer")) -> Path:
+    """Export a training checkpoint (models/base, models/chat, ...) to a temporary ONNX folder,
+    so chat and serve can try any checkpoint without the export stage. This path needs
+    PyTorch; the exported model in models/onnx does not."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from bardlet.config import load_params
+    from bardlet.export import export_onnx
+    from bardlet.tokenizer import Tokenizer
+    from bardlet.training import checkpoint
+
+    network, info = checkpoint.load(folder)
+    tokenizer = Tokenizer.load(tokenizer_dir / "bpe.json")
+    if tokenizer.hash != info.get("tokenizer_hash"):
+        raise ValueError(
+            f"{tokenizer_dir} is not the tokenizer {folder} was trained with: "
+            "run from the project that trained it (`dvc repro tokenizer` restores it)"
+        )
+    out = Path(tempfile.mkdtemp(prefix="bardlet-onnx-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    typer.echo(f"(exporting {folder} to ONNX for this session)", err=True)
+    metadata = {"tokenizer_hash": tokenizer.hash, "special_tokens": tokenizer.special_tokens}
+    export_onnx(network, out / "model.onnx", 17, metadata)
+    tokenizer.save(out / "bpe.json")
+    with contextlib.suppress(ValueError):  # the style presets, if a valid params.yaml is here
+        styles = load_params().chat.styles
+        (out / "styles.json").write_text(json.dumps({k: v.model_dump() for k, v in styles.items()}))
+    return out
 
 
 if __name__ == "__main__":

@@ -32,20 +32,15 @@ def params_styles() -> dict:
 STYLES = params_styles()
 
 
-def build_tiny_model(
-    folder: Path, tokenizer, block_size: int = 64, n_embd: int = 32, logit_scale: float = 1.0
-) -> Path:
-    """folder/model.onnx, bpe.json and styles.json from a random GPT; returns the folder.
+def tiny_gpt(tokenizer, block_size: int = 64, n_embd: int = 32, logit_scale: float = 1.0):
+    """A random-init GPT whose replies have text in them.
 
     The output head is untied and never favours special tokens: a random model with tied
-    embeddings repeats its last input token (`<|assistant|>`, which ends a reply at once), and
-    these tests need replies with text in them."""
+    embeddings repeats its last input token (`<|assistant|>`, which ends a reply at once)."""
     import torch
 
-    from bardlet.export import export_onnx
     from bardlet.model import GPT, GPTConfig
 
-    folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     config = GPTConfig(
         vocab_size=tokenizer.vocab_size,
@@ -61,6 +56,17 @@ def build_tiny_model(
         # is never sampled: replies then run to max_tokens instead of stopping at random.
         model.lm_head.weight.mul_(logit_scale)
         model.lm_head.weight[sorted(tokenizer.special_tokens.values())] = 0.0
+    return model
+
+
+def build_tiny_model(
+    folder: Path, tokenizer, block_size: int = 64, n_embd: int = 32, logit_scale: float = 1.0
+) -> Path:
+    """folder/model.onnx, bpe.json and styles.json from `tiny_gpt`; returns the folder."""
+    from bardlet.export import export_onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = tiny_gpt(tokenizer, block_size, n_embd, logit_scale)
     export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": tokenizer.hash})
     tokenizer.save(folder / "bpe.json")
     (folder / "styles.json").write_text(json.dumps(STYLES))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest_server import PYTHON, REPO, STYLES, build_tiny_model, child_env
+from conftest_server import PYTHON, REPO, STYLES, build_tiny_model, child_env, tiny_gpt
 
 from bardlet.chat import DEFAULT_STYLE, Chat, command, fit_conversation, load_styles, repl
 from bardlet.data.chat_template import render_prompt
@@ -257,3 +257,46 @@ def test_styles_come_from_beside_the_model(model_dir, tmp_path):
     (bare / "styles.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="is not a styles file"):
         load_styles(bare)
+
+
+def test_a_training_checkpoint_folder_is_exported_on_the_fly(tmp_path, small_tokenizer):
+    from bardlet.training import checkpoint
+
+    network = tiny_gpt(small_tokenizer)
+    checkpoint.save(network, tmp_path / "models/chat", {"tokenizer_hash": small_tokenizer.hash})
+    (tmp_path / "models/tokenizer").mkdir(parents=True)
+    small_tokenizer.save(tmp_path / "models/tokenizer/bpe.json")
+
+    def chat_in_project(*args: str) -> pexpect.spawn:
+        return pexpect.spawn(
+            PYTHON,
+            ["-m", "bardlet.cli", "chat", "--model", "models/chat", *args],
+            cwd=str(tmp_path),
+            env=child_env(TERM="dumb"),
+            encoding="utf-8",
+            timeout=TIMEOUT,
+        )
+
+    child = chat_in_project("--temperature", "0", "--max-new-tokens", "8")
+    try:
+        child.expect_exact("(exporting models/chat to ONNX for this session)")
+        child.expect_exact("you> ")
+        got = reply_of(child, "Good morrow")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        close(child)
+    reference = build_tiny_model(tmp_path / "reference", small_tokenizer)  # the same weights
+    want = "".join(
+        Chat(OnnxLM(reference), Sampling(temperature=0), max_new_tokens=8).reply("Good morrow")
+    )
+    assert want and got == want
+
+    # Another tokenizer than the one the checkpoint was trained with: a clear refusal.
+    other = type(small_tokenizer).train(["a completely different text " * 50], vocab_size=270)
+    other.save(tmp_path / "models/tokenizer/bpe.json")
+    child = chat_in_project()
+    child.expect_exact("is not the tokenizer models/chat was trained with")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2
