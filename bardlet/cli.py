@@ -77,7 +77,7 @@ def chat(
     ] = "default",
 ) -> None:
     """Chat with the model in the terminal (multi-turn; /help for commands)."""
-    from bardlet.chat import Chat, repl
+    from bardlet.chat import STYLES_FILE, Chat, repl
     from bardlet.runtime import Sampling
 
     lm = _load(model)
@@ -88,6 +88,8 @@ def chat(
         raise typer.Exit(code=2) from None
     if style not in session.styles:
         choices = ", ".join(session.styles)
+        if not (lm.path.parent / STYLES_FILE).exists():
+            choices += f" (no {STYLES_FILE} beside the model: `dvc repro export` writes it)"
         typer.echo(f"error: unknown style {style!r}; choose one of {choices}", err=True)
         raise typer.Exit(code=2)
     session.apply_style(style)
@@ -142,6 +144,77 @@ def serve(
         raise typer.Exit(code=2) from None
     typer.echo(f"bardlet: http://{host}:{port}/  (API at /v1, schema at /openapi.json)", err=True)
     uvicorn.run(app_, host=host, port=port, log_level=log_level.lower())
+
+
+@app.command("export-hf")
+def export_hf(
+    model: Annotated[Path, typer.Option("--model", help="A training checkpoint.")] = Path(
+        "models/chat"
+    ),
+    tokenizer: Annotated[Path, typer.Option("--tokenizer")] = Path("models/tokenizer"),
+    out: Annotated[Path, typer.Option("--out")] = Path("models/hf"),
+    reports: Annotated[
+        Path, typer.Option("--reports", help="metrics.json, export.json for the model card.")
+    ] = Path("reports"),
+) -> None:
+    """Write a Hugging Face folder (Llama config, safetensors, tokenizer, model card)."""
+    from bardlet import hf_export, model_card  # imports torch: only for this command
+
+    try:
+        hf_export.export_hf(
+            model,
+            tokenizer,
+            out,
+            metrics=model_card.read_report(reports / "metrics.json"),
+            export_report=model_card.read_report(reports / "export.json"),
+        )
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"wrote {out}/ (load it with transformers' AutoModelForCausalLM)")
+
+
+@app.command()
+def push(
+    repo_id: Annotated[str, typer.Option("--repo-id", help="USER/NAME on the Hub.")],
+    folder: Annotated[Path, typer.Option("--folder")] = Path("models/hf"),
+    private: Annotated[bool, typer.Option("--private", help="Create a private repo.")] = False,
+) -> None:
+    """Upload the `export-hf` folder to the Hugging Face Hub (token: HF_TOKEN or hf auth login)."""
+    from bardlet.hf_export import PushError, push_to_hub
+
+    try:
+        url = push_to_hub(folder, repo_id, private=private)
+    except PushError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"pushed {folder}/ to {url}")
+
+
+@app.command()
+def report(
+    root: Annotated[
+        Path, typer.Option("--root", help="Project folder: its reports/, models/, params.yaml.")
+    ] = Path("."),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write (figures/ beside it).", show_default=False),
+    ] = None,
+    speed: Annotated[
+        bool, typer.Option("--speed/--no-speed", help="Time 64 greedy ONNX tokens.")
+    ] = True,
+    peak_flops: Annotated[
+        float | None, typer.Option("--peak-flops", help="Hardware peak FLOP/s, for MFU.")
+    ] = None,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Log to the chat model's MLflow run.")
+    ] = False,
+) -> None:
+    """Write the report card (default reports/report.md + reports/figures/*.png)."""
+    from bardlet.report import ReportPaths, make_report
+
+    files = make_report(ReportPaths.under(root, out), speed, peak_flops, mlflow)
+    typer.echo(f"wrote {files[0]} and {len(files) - 1} figure(s)")
 
 
 def _load(model: Path, threads: int = 0) -> OnnxLM:

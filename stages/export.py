@@ -1,8 +1,9 @@
 """Stage `export`: the chat model as one ONNX graph with a KV cache -> models/onnx/
 
 The folder is self-contained: model.onnx (config, tokenizer hash and special ids inside
-as metadata), the tokenizer files and the chat style presets (styles.json, from params.yaml
-`chat.styles`), all that `bardlet chat` or the runtime needs. The
+as metadata), the tokenizer files, the chat style presets (styles.json, from params.yaml
+`chat.styles`), all that `bardlet chat` or the runtime needs, and a model card (README.md,
+with the numbers of reports/metrics.json when the evaluate stage has written it). The
 stage fails unless onnxruntime reproduces PyTorch's logits within the tolerance on a
 prompt plus `parity_steps` incremental steps.
 """
@@ -19,6 +20,7 @@ from bardlet.data.loaders import TokenWindows
 from bardlet.data.shards import concat_tokens, read_split, write_json_atomic
 from bardlet.evaluation import token_byte_lengths
 from bardlet.export import cache_names, check_parity, export_onnx, quantize_int8
+from bardlet.model_card import read_report, render_model_card, write_text_atomic
 from bardlet.runtime import measure_onnx_bpb
 from bardlet.tokenizer import Tokenizer
 from bardlet.training import checkpoint
@@ -84,6 +86,14 @@ def main() -> None:
             f"int8 bits per byte are {report['int8_bpb_delta_percent']:+.2f}% off fp32 "
             f"(allowed {params.int8_max_bpb_delta_percent}%): set export.int8: false"
         )
+    card = render_model_card(
+        model.config.to_dict(),
+        model.num_params(),
+        read_report(REPORTS / "metrics.json"),  # None (card says "not measured") if missing
+        report,
+        library_name="onnx",
+    )
+    write_text_atomic(ONNX_DIR / "README.md", card)
     with tracking.run("export", run_id=info["run_id"]):
         tracking.log_metrics({f"export_{k}": v for k, v in report.items()})
         example = {"input_ids": np.array([prompt], dtype=np.int64)}

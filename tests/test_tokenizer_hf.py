@@ -93,8 +93,11 @@ def test_same_ids_on_oasst(pair: tuple[Tokenizer, object]) -> None:
     assert not mismatches, f"{len(mismatches)} texts differ, first: {mismatches[0][:200]!r}"
 
 
+# Unassigned code points (Cn) are left out: the `regex` module's Unicode tables are newer than
+# those inside `tokenizers`, so the two pre-tokenizers may class a not-yet-assigned (in
+# Python 3.11's Unicode 14) character differently. Every assigned code point encodes the same.
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=100))
+@given(text=st.text(st.characters(blacklist_categories=("Cs", "Cn")), max_size=100))
 def test_same_ids_on_any_text(pair: tuple[Tokenizer, object], text: str) -> None:
     tok, hf = pair
     ids = tok.encode(text)

@@ -128,6 +128,8 @@ def train(
     result = TrainResult()
     identity = fingerprint(params, model, run_identity or {})
     best: dict[str, Any] = {"val_loss": math.inf, "step": 0, "weights": None}
+    # Training loss summed since the last evaluation: the curves show its mean beside val loss.
+    window = {"loss_sum": 0.0, "steps": 0}
 
     start_step = 0
     found = checkpoint.checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
@@ -139,6 +141,7 @@ def train(
             start_step = state["step"]
             result.history = state["history"]
             best.update(val_loss=state["best_val_loss"], step=state["best_step"])
+            window.update(state.get("train_window", window))
             if (newest / "best.safetensors").exists():
                 best["weights"] = checkpoint.load_file(str(newest / "best.safetensors"))
             log(f"resuming from {newest} (step {start_step})")
@@ -172,6 +175,7 @@ def train(
             {
                 "fingerprint": identity,
                 "history": result.history,
+                "train_window": window,
                 "best_val_loss": best["val_loss"],
                 "best_step": best["step"],
             },
@@ -187,7 +191,9 @@ def train(
             "seconds": time.perf_counter() - started + elapsed_before,
             "val_loss": metrics["loss"],
             "val_bpb": metrics["bpb"],
+            "train_loss": window["loss_sum"] / max(window["steps"], 1),
         }
+        window.update(loss_sum=0.0, steps=0)
         result.history.append(row)
         if metrics["loss"] < best["val_loss"]:
             weights = model.state_dict()
@@ -228,6 +234,8 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            window["loss_sum"] += loss_sum / params.grad_accum
+            window["steps"] += 1
 
             done = step + 1
             if done % params.log_interval == 0 or done == params.max_steps:

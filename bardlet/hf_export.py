@@ -1,0 +1,262 @@
+"""Export a bardlet model as a Hugging Face folder that `transformers` loads as Llama.
+
+bardlet's GPT is Llama-shaped on purpose, so the export is a renaming, not a conversion:
+
+    config.json              LlamaConfig fields (sizes, RoPE base, norm epsilon, special ids)
+    model.safetensors        our weights under Llama's names (the fused qkv split in three)
+    tokenizer.json           our BPE for Hugging Face `tokenizers` (bardlet/tokenizer/hf.py)
+    tokenizer_config.json    PreTrainedTokenizerFast, special tokens, chat template (Jinja)
+    generation_config.json   stop tokens and the default sampling settings
+    bpe.json                 bardlet's own tokenizer file, for bardlet's tools
+    README.md                the model card (bardlet/model_card.py)
+
+Then `AutoModelForCausalLM.from_pretrained(folder)` gives the same logits as bardlet, and
+`AutoTokenizer.from_pretrained(folder)` the same token ids. Everything is written as JSON or
+safetensors, and read the same way: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bardlet.model_card import render_model_card, write_text_atomic
+from bardlet.tokenizer import Tokenizer
+from bardlet.tokenizer.hf import to_hf_dict
+
+if TYPE_CHECKING:
+    import torch
+
+    from bardlet.model import GPT
+
+# The Jinja version of bardlet/data/chat_template.py `render` (and, with
+# add_generation_prompt, `render_prompt`):
+#     <|bos|> [<|system|> text <|end|>] <|user|> text <|end|> <|assistant|> text <|end|> ...
+# Each role marker is written as a literal, never built from the message's role, so that
+# transformers' sanitize_control_tokens recognises every marker as the template's own.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<|system|>' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>' }}"
+    "{% else %}{{ raise_exception('unknown role ' + message['role']"
+    " + ' in a message; use system, user or assistant') }}"
+    "{% endif %}"
+    "{{ message['content'] }}{{ '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+# Sampling defaults for model.generate: those of the `default` chat style in params.yaml.
+SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 40, "top_p": 0.95}
+
+
+def export_hf(
+    model_dir: Path,
+    tokenizer_dir: Path,
+    out_dir: Path,
+    metrics: Mapping[str, Any] | None = None,
+    export_report: Mapping[str, Any] | None = None,
+    name: str = "bardlet",
+) -> Path:
+    """Write the Hugging Face folder for the checkpoint in `model_dir` (models/chat, say) and
+    the tokenizer in `tokenizer_dir` (its bpe.json) to `out_dir`; returns `out_dir`.
+
+    `metrics` (reports/metrics.json) and `export_report` (reports/export.json) go into the
+    model card; without them it says "not measured".
+    """
+    from bardlet.training import checkpoint
+
+    model, info = checkpoint.load(model_dir)
+    tokenizer = Tokenizer.load(tokenizer_dir / "bpe.json")
+    trained_with = info.get("tokenizer_hash")
+    if trained_with is not None and trained_with != tokenizer.hash:
+        raise ValueError(
+            f"{tokenizer_dir} is not the tokenizer {model_dir} was trained with "
+            "(its hash differs): pass the tokenizer folder of the same pipeline run"
+        )
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model "
+            f"{model.config.vocab_size}: they do not belong together"
+        )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_weights(llama_state_dict(model), out_dir / "model.safetensors")
+    _write_json(out_dir / "config.json", llama_config(model, tokenizer))
+    _write_json(out_dir / "generation_config.json", generation_config(tokenizer))
+    _write_json(out_dir / "tokenizer.json", to_hf_dict(tokenizer))
+    _write_json(out_dir / "tokenizer_config.json", tokenizer_config(tokenizer, model))
+    tokenizer.save(out_dir / "bpe.json")
+    for private in ("model.safetensors", "bpe.json"):  # their writers make files mode 0600
+        (out_dir / private).chmod(0o644)
+    card = render_model_card(
+        model.config.to_dict(), model.num_params(), metrics, export_report, name=name
+    )
+    write_text_atomic(out_dir / "README.md", card)
+    return out_dir
+
+
+def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our weights under Hugging Face Llama's names.
+
+    No RoPE permutation is needed: bardlet rotates the two halves of each head
+    (`rotate_half`, with cos/sin tables of the same frequencies), exactly as Hugging Face
+    Llama does. Checkpoints that rotate interleaved pairs (Meta's original Llama) must have
+    their q/k rows permuted on conversion; ours must not.
+    """
+    config = model.config
+    ours = model.state_dict()
+    theirs = {"model.embed_tokens.weight": ours["tok_emb.weight"]}
+    for i in range(config.n_layer):
+        block, layer = f"blocks.{i}.", f"model.layers.{i}."
+        # Our attention projects q, k and v with one fused matrix: rows [q; k; v].
+        q, k, v = ours[block + "attn.qkv.weight"].split(config.n_embd, dim=0)
+        theirs.update(
+            {
+                layer + "input_layernorm.weight": ours[block + "attn_norm.weight"],
+                layer + "self_attn.q_proj.weight": q,
+                layer + "self_attn.k_proj.weight": k,
+                layer + "self_attn.v_proj.weight": v,
+                layer + "self_attn.o_proj.weight": ours[block + "attn.proj.weight"],
+                layer + "post_attention_layernorm.weight": ours[block + "mlp_norm.weight"],
+                layer + "mlp.gate_proj.weight": ours[block + "mlp.gate.weight"],
+                layer + "mlp.up_proj.weight": ours[block + "mlp.up.weight"],
+                layer + "mlp.down_proj.weight": ours[block + "mlp.down.weight"],
+            }
+        )
+    theirs["model.norm.weight"] = ours["norm.weight"]
+    if not config.tie_embeddings:  # tied: transformers points lm_head at embed_tokens itself
+        theirs["lm_head.weight"] = ours["lm_head.weight"]
+    # safetensors refuses tensors that share memory (q, k, v are views of one matrix).
+    return {key: value.detach().cpu().contiguous().clone() for key, value in theirs.items()}
+
+
+def llama_config(model: GPT, tokenizer: Tokenizer) -> dict[str, Any]:
+    """config.json for transformers' LlamaConfig."""
+    config = model.config
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.mlp_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_head,  # plain multi-head attention, no grouping
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": config.norm_eps,
+        # transformers 5 reads rope_parameters, older versions rope_theta: write both.
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": tokenizer.special_id("<|bos|>"),
+        "eos_token_id": tokenizer.special_id("<|end|>"),
+        "pad_token_id": tokenizer.special_id("<|pad|>"),
+        "use_cache": True,
+        "torch_dtype": "float32",  # the name older versions read; transformers 5 reads dtype
+        "dtype": "float32",
+    }
+
+
+def generation_config(tokenizer: Tokenizer) -> dict[str, Any]:
+    """Stop at <|end|> (the end of a turn) or <|bos|> (a new conversation), as bardlet does."""
+    return {
+        "bos_token_id": tokenizer.special_id("<|bos|>"),
+        "eos_token_id": [tokenizer.special_id("<|end|>"), tokenizer.special_id("<|bos|>")],
+        "pad_token_id": tokenizer.special_id("<|pad|>"),
+        **SAMPLING,
+    }
+
+
+def tokenizer_config(tokenizer: Tokenizer, model: GPT) -> dict[str, Any]:
+    """tokenizer_config.json: the class to load tokenizer.json with, the special tokens and
+    the chat template. No token is added on its own: the chat template writes <|bos|>."""
+    roles = ["<|system|>", "<|user|>", "<|assistant|>"]
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|bos|>",
+        "eos_token": "<|end|>",
+        "pad_token": "<|pad|>",
+        "extra_special_tokens": roles,  # transformers 5's name
+        "additional_special_tokens": roles,  # the name older versions read
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": model.config.block_size,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+
+def _write_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})  # transformers checks "format"
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+class PushError(RuntimeError):
+    """Pushing to the Hub failed; the message says why and what to do."""
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Upload an exported folder to the Hugging Face Hub as model repo `repo_id`
+    ("USER/NAME"), creating the repo if needed; returns its URL.
+
+    The token comes from HF_TOKEN or from `hf auth login`.
+    """
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise PushError(f"{folder} is not an exported model folder: run `bardlet export-hf` first")
+    token = get_token()
+    if token is None:
+        raise PushError(
+            "not logged in to the Hugging Face Hub: run `hf auth login`, or set HF_TOKEN "
+            "to a token with write access (https://huggingface.co/settings/tokens)"
+        )
+    api = HfApi(token=token)
+    try:
+        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(
+            folder_path=folder,
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message="Upload a bardlet model",
+        )
+    except OfflineModeIsEnabled:
+        raise PushError(
+            "HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it and try again"
+        ) from None
+    except HfHubHTTPError as error:
+        response = getattr(error, "response", None)
+        status = response.status_code if response is not None else None
+        if status in (401, 403):
+            raise PushError(
+                f"the Hub refused the token ({status}): run `hf auth login` with a token that "
+                f"may write to {repo_id}, or set HF_TOKEN to one"
+            ) from None
+        raise PushError(f"the Hub refused the upload: {error}") from None
+    except Exception as error:  # the HTTP client's own connection errors, timeouts, ...
+        raise PushError(
+            f"could not reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {error}): "
+            "check the network connection, a proxy, or HF_ENDPOINT"
+        ) from None
+    return str(repo)

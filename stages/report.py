@@ -1,0 +1,33 @@
+"""Stage `report`: the report card -> reports/report.md and reports/figures/*.png
+
+Reads what the other stages wrote (nothing is trained or evaluated again; the only
+measurement is a few seconds of ONNX generation for tokens/s) and logs the page and its
+figures to the MLflow run that trained the chat model.
+"""
+
+from pathlib import Path
+
+from bardlet.report import ReportPaths, make_report
+from stages.paths import CHAT_MODEL, ONNX_DIR, PLOTS, REPORTS, TOKENIZER
+
+REPORT = REPORTS / "report.md"
+FIGURES = REPORTS / "figures"
+
+
+def main() -> None:
+    paths = ReportPaths(
+        reports=REPORTS,
+        plots=PLOTS,
+        tokenizer=TOKENIZER,
+        chat_model=CHAT_MODEL,
+        onnx_model=ONNX_DIR / "model.onnx",
+        params=Path("params.yaml"),
+        out=REPORT,
+        figures=FIGURES,
+    )
+    for path in make_report(paths, mlflow=True):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
