@@ -2,13 +2,24 @@
 
 Default store: a SQLite file `mlflow.db` in the directory the pipeline runs from (the repo
 root); `MLFLOW_TRACKING_URI` points it anywhere else (a tracking server, another database).
-Each training stage opens a run; its id is written into the stage's outs (`run.json` beside
+Each training stage opens a run; its id is written into the stage's outs (`config.json` beside
 the model), so later stages attach their metrics to the run that made the model.
+
+Run structure: one parent run per base model. The pretrain run is the parent; each sft run is
+a nested child of it (tag `mlflow.parentRunId`, read from models/base/config.json), so every
+fine-tune of one base model groups under it in the UI and compares side by side. evaluate and
+export reopen the sft run: their numbers belong to the chat model that run made.
+
+Every stage run carries the tags of `provenance()`: git commit and dirty flag, the DVC
+experiment (when run by `dvc exp run`), and hashes of the data shards, tokenizer and params.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +27,7 @@ from typing import Any
 
 import mlflow
 import mlflow.onnx
+import yaml
 
 EXPERIMENT = "bardlet"
 
@@ -36,6 +48,95 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+UNKNOWN = "unknown"
+# Files a pipeline run rewrites itself (dvc.lock; reports/ holds the uncached metrics and
+# plots): changes there do not make the code a run used "dirty".
+GENERATED = ("dvc.lock", "reports")
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git repo, or no git at all
+    return done.stdout
+
+
+def _sha256_json(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def provenance(root: str | Path = ".", tokenizer_hash: str | None = None) -> dict[str, str]:
+    """The tags that say what made a run, read from the project at `root`:
+
+    - `git.commit` (`git rev-parse HEAD`) and `git.dirty` ("true" when tracked files differ
+      from it, the pipeline's own dvc.lock and reports/ aside); "unknown" outside git.
+    - `dvc.exp_name`, `dvc.exp_baseline_rev`: set by DVC in the stages' environment during
+      `dvc exp run` (DVC_EXP_NAME, DVC_EXP_BASELINE_REV); `dvc.stage` (DVC_STAGE) under any
+      DVC run. Absent otherwise.
+    - `data.hash`: sha256 over the shard manifests' file sha256s (data/shards/*/*/manifest.json).
+    - `tokenizer.hash`: Tokenizer.hash, given or read from the shard manifests.
+    - `params.hash`: sha256 of params.yaml's content as canonical JSON (comments and key
+      order do not count).
+    Cheap (two git calls and a few small files), so every stage run records it."""
+    root = Path(root)
+    tags: dict[str, str] = {}
+    head = _git(root, "rev-parse", "HEAD")
+    if head is None:
+        tags["git.commit"] = tags["git.dirty"] = UNKNOWN
+    else:
+        tags["git.commit"] = head.strip()
+        excluded = [f":(exclude){path}" for path in GENERATED]
+        status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
+        tags["git.dirty"] = UNKNOWN if status is None else str(bool(status.strip())).lower()
+    for tag, variable in (
+        ("dvc.exp_name", "DVC_EXP_NAME"),
+        ("dvc.exp_baseline_rev", "DVC_EXP_BASELINE_REV"),
+        ("dvc.stage", "DVC_STAGE"),
+    ):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+
+    manifests: dict[str, list[str]] = {}
+    tokenizer_hashes = set()
+    for path in sorted(root.glob("data/shards/*/*/manifest.json")):
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifests[path.parent.relative_to(root).as_posix()] = [
+                f["sha256"] for f in manifest["files"]
+            ]
+            tokenizer_hashes.add(str(manifest["tokenizer_hash"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            manifests[path.parent.relative_to(root).as_posix()] = [UNKNOWN]
+    tags["data.hash"] = _sha256_json(manifests) if manifests else UNKNOWN
+    if tokenizer_hash is None and len(tokenizer_hashes) == 1:
+        tokenizer_hash = tokenizer_hashes.pop()
+    tags["tokenizer.hash"] = tokenizer_hash or UNKNOWN
+    try:
+        params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+        tags["params.hash"] = _sha256_json(params)
+    except (OSError, yaml.YAMLError):
+        tags["params.hash"] = UNKNOWN
+    return tags
+
+
+def _parent_experiment(parent_run_id: str | None) -> str | None:
+    """The experiment of the parent run when this store holds it (it may not: models/base
+    can come from a DVC remote, trained against another store); None otherwise."""
+    if not parent_run_id:
+        return None
+    try:
+        parent = mlflow.MlflowClient().get_run(parent_run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    if parent.info.lifecycle_stage != "active":
+        return None  # deleted
+    return str(parent.info.experiment_id)
+
+
 @contextmanager
 def run(
     name: str,
@@ -43,21 +144,46 @@ def run(
     tags: Mapping[str, str] | None = None,
     run_id: str | None = None,
     enabled: bool = True,
+    parent_run_id: str | None = None,
+    tokenizer_hash: str | None = None,
 ) -> Iterator[str]:
     """Start (or, with run_id, reopen) an MLflow run; yields its id.
 
+    A new run gets the tags of `provenance()` plus `tags`, and is nested under
+    `parent_run_id` when the store holds that run. A reopened run (evaluate and export attach
+    to the sft run) keeps its own provenance; the reopening stage adds `<name>.<tag>` only for
+    values that differ (evaluate re-run after a commit, say).
     enabled=False yields "" and records nothing (the other ranks of a torchrun job)."""
     if not enabled:
         yield ""
         return
     mlflow.set_tracking_uri(tracking_uri())
+    found = provenance(tokenizer_hash=tokenizer_hash)
     if run_id is None:
-        mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as active:
+        experiment_id = _parent_experiment(parent_run_id)
+        if experiment_id is None:
+            experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
+            parent_run_id = None
+        start = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=name,
+            parent_run_id=parent_run_id,
+            tags={**found, **(tags or {})},
+        )
+    else:
+        own = mlflow.MlflowClient().get_run(run_id).data.tags
+        start = mlflow.start_run(run_id=run_id)
+        differing = {
+            f"{name}.{k}": v
+            for k, v in found.items()
+            if own.get(k) != v and k != "dvc.stage"  # the stage is in the key already
+        }
+        tags = {**differing, **(tags or {})}
+    with start as active:
         if params:
             # MLflow caps a param value at a few thousand characters: long lists are cut.
             mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
-        if tags:
+        if tags and run_id is not None:
             mlflow.set_tags(dict(tags))
         yield active.info.run_id
 

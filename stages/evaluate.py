@@ -92,8 +92,10 @@ def main() -> None:
     write_json_atomic(REPORTS / "metrics.json", metrics)
     (REPORTS / "samples.md").write_text("\n".join(lines), encoding="utf-8")
     print(json.dumps(metrics, indent=2))
-    with tracking.run("evaluate", run_id=info["run_id"]):
+    # Attach to the sft run that made the chat model.
+    with tracking.run("evaluate", run_id=info["run_id"], tokenizer_hash=tokenizer.hash):
         tracking.log_metrics(tracking.flatten({"eval": metrics}))
+        tracking.log_artifact(REPORTS / "metrics.json", "reports")
         tracking.log_artifact(REPORTS / "samples.md", "reports")
 
 

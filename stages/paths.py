@@ -12,6 +12,6 @@ SHARDS = Path("data/shards")  # {pretrain,sft}/{train,val}/*.parquet + manifest.
 BASE_MODEL = Path("models/base")
 CHAT_MODEL = Path("models/chat")
 ONNX_DIR = Path("models/onnx")
-CHECKPOINTS = Path("checkpoints")  # resumable training state, kept between runs (persist)
+CHECKPOINTS = Path("checkpoints")  # resumable training state: git-ignored, not a DVC out
 REPORTS = Path("reports")
 PLOTS = REPORTS / "plots"

@@ -12,7 +12,7 @@ from bardlet.tokenizer import Tokenizer
 from bardlet.training import distributed
 from bardlet.training.loop import train
 from stages.outputs import save_training
-from stages.paths import BASE_MODEL, CHECKPOINTS, SHARDS, TOKENIZER
+from stages.paths import BASE_MODEL, CHECKPOINTS, SHARDS, TOKENIZER, TOKENIZER_DIR
 
 
 def main() -> None:
@@ -31,10 +31,18 @@ def main() -> None:
     model = GPT(config).to(distributed.init())
     print(f"model: {model.num_params():,} parameters; {len(train_tokens):,} training tokens")
     run_params = {"model": params.model.model_dump(), "pretrain": settings.model_dump()}
-    tags = {"stage": "pretrain", "tokenizer_hash": tokenizer.hash}
     rank0 = distributed.is_main()  # under torchrun only rank 0 tracks and writes
-    with tracking.run("pretrain", run_params, tags, enabled=rank0) as run_id:
+    # The parent run of every fine-tune of this base model (see bardlet/tracking.py).
+    with tracking.run(
+        "pretrain",
+        run_params,
+        {"stage": "pretrain"},
+        enabled=rank0,
+        tokenizer_hash=tokenizer.hash,
+    ) as run_id:
         tracking.log_metrics({"num_params": model.num_params()})
+        for name in ("bpe.json", "tokenizer.json"):
+            tracking.log_artifact(TOKENIZER_DIR / name, "tokenizer")
         result = train(
             model,
             train_data,

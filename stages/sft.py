@@ -30,13 +30,19 @@ def main() -> None:
     )
     val_batches = list(val_data.sequential())[: settings.eval_batches]
     print(f"sft: {len(train_data.rows):,} packed rows of {block} tokens")
-    tags = {
-        "stage": "sft",
-        "tokenizer_hash": tokenizer.hash,
-        "base_run_id": base_info["run_id"],
-    }
+    base_run_id = base_info.get("run_id") or ""
+    tags = {"stage": "sft", "base_run_id": base_run_id}
     rank0 = distributed.is_main()  # under torchrun only rank 0 tracks and writes
-    with tracking.run("sft", {"sft": settings.model_dump()}, tags, enabled=rank0) as run_id:
+    # A child run of the pretrain run that made models/base: fine-tunes of one base model
+    # group under it in MLflow.
+    with tracking.run(
+        "sft",
+        {"sft": settings.model_dump()},
+        tags,
+        enabled=rank0,
+        parent_run_id=base_run_id,
+        tokenizer_hash=tokenizer.hash,
+    ) as run_id:
         result = train(
             model,
             train_data,
@@ -44,11 +50,11 @@ def main() -> None:
             settings,
             token_byte_lengths(tokenizer),
             checkpoint_dir=CHECKPOINTS / "sft",
-            run_identity={"tokenizer": tokenizer.hash, "base_run_id": base_info["run_id"]},
+            run_identity={"tokenizer": tokenizer.hash, "base_run_id": base_run_id},
         )
         info = {
             "run_id": run_id,
-            "base_run_id": base_info["run_id"],
+            "base_run_id": base_run_id,
             "tokenizer_hash": tokenizer.hash,
         }
         if rank0:

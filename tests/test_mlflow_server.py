@@ -146,3 +146,10 @@ def test_run_logged_through_a_tracking_server_reads_back_over_rest(
     assert metrics == {"train_loss": 2.5, "eval.shakespeare.bpb": 2.125}
     params = {p["key"]: p["value"] for p in body["run"]["data"]["params"]}
     assert params == {"model.n_layer": "2"}
+
+    # A fine-tune nests under its base model's run on the server too, with provenance tags.
+    with tracking.run("sft", {"sft": {"max_steps": 4}}, parent_run_id=run_id) as child_id:
+        pass
+    child = client.get_run(child_id)
+    assert child.data.tags["mlflow.parentRunId"] == run_id
+    assert {"git.commit", "git.dirty", "data.hash", "params.hash"} <= set(child.data.tags)

@@ -1,6 +1,8 @@
-"""End to end: the real `dvc repro` in a temporary git repo with tiny params, then a reply
-from the exported ONNX model, then the same pipeline as a Prefect flow."""
+"""End to end: the real `dvc repro` in a temporary git repo with tiny params; the MLflow runs
+it made; comparing two runs with DVC (exp show, metrics diff, plots diff); a reply from the
+exported ONNX model; the same pipeline as a Prefect flow; a DVC remote and a fresh clone."""
 
+import hashlib
 import json
 import os
 import re
@@ -82,9 +84,29 @@ def project(tmp_path_factory) -> Path:
         run([sys.executable, "-m", "dvc", "init", "-q"], root)
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
     subprocess.run(["git", "commit", "-qm", "tiny"], cwd=root, check=True)
+    first_commit = git(root, "rev-parse", "HEAD")
     first = run([sys.executable, "-m", "dvc", "repro"], root)
+    # Commit the results (dvc.lock, reports/): HEAD is then the baseline later runs compare to.
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "results"], cwd=root, check=True)
     (root / "first_repro.log").write_text(first.stdout)
+    (root / "first_commit").write_text(first_commit)
     return root
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def dvc_json(project: Path, *args: str):
+    return json.loads(run([sys.executable, "-m", "dvc", *args, "--json"], project).stdout)
+
+
+def mlflow_client(project: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
 
 
 def test_repro_builds_every_stage(project):
@@ -138,7 +160,93 @@ def test_changing_one_key_reruns_only_dependent_stages(project):
     params["sft"]["max_steps"] = 4
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run([sys.executable, "-m", "dvc", "repro"], project).stdout
-    assert ran_stages(out) == {"sft", "evaluate", "export"}, out
+    assert ran_stages(out) == {"sft", "evaluate", "export", "report"}, out
+
+
+def test_mlflow_runs_nest_under_the_base_model_with_provenance_and_artifacts(project):
+    """One parent run per base model (pretrain), a nested child per fine-tune (the first
+    repro's sft and the sft.max_steps=4 one); tags say what made each run."""
+    client = mlflow_client(project)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], order_by=["attributes.start_time"]
+    )
+    pretrain = [r for r in runs if r.info.run_name == "pretrain"]
+    sft = [r for r in runs if r.info.run_name == "sft"]
+    assert len(pretrain) == 1 and len(sft) == 2
+    parent = pretrain[0]
+    base_info = json.loads((project / "models/base/config.json").read_text())
+    chat_info = json.loads((project / "models/chat/config.json").read_text())
+    assert base_info["run_id"] == parent.info.run_id
+    assert chat_info["run_id"] == sft[-1].info.run_id  # evaluate and export attach here
+    for child in sft:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.experiment_id == parent.info.experiment_id
+
+    from bardlet.tokenizer import Tokenizer
+
+    tokenizer_hash = Tokenizer.load(project / "models/tokenizer/bpe.json").hash
+    first_commit = (project / "first_commit").read_text()
+    tags = parent.data.tags
+    assert tags["git.commit"] == first_commit and tags["git.dirty"] == "false"
+    assert tags["tokenizer.hash"] == tokenizer_hash and tags["dvc.stage"] == "pretrain"
+    assert re.fullmatch("[0-9a-f]{64}", tags["data.hash"])
+    assert re.fullmatch("[0-9a-f]{64}", tags["params.hash"])
+    # The second fine-tune ran on the results commit with params.yaml edited (not committed).
+    latest = sft[-1].data.tags
+    assert latest["git.commit"] == git(project, "rev-parse", "HEAD") != first_commit
+    assert latest["git.dirty"] == "true"
+    assert latest["params.hash"] != tags["params.hash"]
+    assert latest["data.hash"] == tags["data.hash"]
+    assert latest["tokenizer.hash"] == tokenizer_hash
+
+    def artifacts(run_id: str, folder: str) -> set[str]:
+        return {a.path for a in client.list_artifacts(run_id, folder)}
+
+    assert artifacts(parent.info.run_id, "tokenizer") == {
+        "tokenizer/bpe.json",
+        "tokenizer/tokenizer.json",
+    }
+    assert "plots/pretrain.csv" in artifacts(parent.info.run_id, "plots")
+    assert "plots/sft.csv" in artifacts(sft[-1].info.run_id, "plots")
+    assert {"reports/metrics.json", "reports/samples.md"} <= artifacts(
+        sft[-1].info.run_id, "reports"
+    )
+    assert "eval.oasst.bpb" in client.get_run(sft[-1].info.run_id).data.metrics
+
+
+def test_compare_runs_with_dvc_exp_show_metrics_diff_and_plots_diff(project, tmp_path):
+    """The workspace holds the sft.max_steps=4 results; HEAD the first (max_steps=6)."""
+    run([sys.executable, "-m", "dvc", "exp", "save", "--name", "steps4"], project)
+    rows = {}
+    for baseline in dvc_json(project, "exp", "show"):
+        revs = [baseline] + [r for e in baseline.get("experiments") or [] for r in e["revs"]]
+        for rev in revs:
+            rows[rev.get("name") or rev["rev"]] = rev["data"]
+    for name, steps in (("steps4", 4), (git(project, "branch", "--show-current"), 6)):
+        data = rows[name]
+        assert data["params"]["params.yaml"]["data"]["sft"]["max_steps"] == steps
+        metrics = data["metrics"]["reports/metrics.json"]["data"]
+        assert metrics["oasst"]["bpb"] > 0 and metrics["shakespeare"]["bpb"] > 0
+        assert data["metrics"]["reports/sft.json"]["data"]["steps"] == steps
+
+    # HEAD (max_steps=6) against the workspace (4): the changed param and metrics.
+    params = dvc_json(project, "params", "diff")
+    assert params["params.yaml"]["sft.max_steps"] == {"old": 6, "new": 4, "diff": -2}
+    metrics = dvc_json(project, "metrics", "diff")
+    assert metrics["reports/sft.json"]["steps"]["old"] == 6
+    assert metrics["reports/sft.json"]["steps"]["new"] == 4
+    assert {"oasst.bpb", "shakespeare.bpb"} <= set(metrics["reports/metrics.json"])
+    assert "reports/pretrain.json" not in metrics  # the base model did not change
+
+    # The declared plots, rendered for both revisions (vega specs with the data inline).
+    plots = dvc_json(project, "plots", "diff", "HEAD")["data"]
+    assert {"reports/plots/pretrain.csv", "reports/plots/sft.csv"} <= set(plots)
+    spec = plots["reports/plots/sft.csv"][0]
+    assert set(spec["revisions"]) == {"HEAD", "workspace"}
+    points = spec["content"]["data"]["values"]
+    last = {p["rev"]: float(p["step"]) for p in points}  # the last point of each revision
+    assert last == {"HEAD": 6.0, "workspace": 4.0}
+    assert all("val_bpb" in p for p in points)
 
 
 def test_generate_from_the_exported_model_with_no_model_argument(project):
@@ -173,6 +281,33 @@ def test_prefect_flow_runs_the_stages_in_order(project):
     ]
     assert set(result["stages"].values()) == {"skipped (cached)"}
     assert result["experiment"] is None and len(result["run_id"]) == 32
+
+
+def test_dvc_remote_push_then_pull_in_a_fresh_clone(project, tmp_path):
+    """The growth path's first step: a DVC remote (here a local folder; s3://, ssh://... the
+    same way) and a git remote; a fresh clone gets data and models back with `dvc pull`."""
+    dvc = [sys.executable, "-m", "dvc"]
+    run([*dvc, "remote", "add", "--force", "-d", "local", str(tmp_path / "remote")], project)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "remote, sft.max_steps=4"], cwd=project, check=True)
+    run([*dvc, "push"], project)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    assert not (clone / "models/chat").exists()
+    run([*dvc, "pull"], clone)
+    for path in (
+        "data/shards/pretrain/train/manifest.json",
+        "models/tokenizer/bpe.json",
+        "models/base/model.safetensors",
+        "models/chat/model.safetensors",
+        "models/onnx/model.onnx",
+    ):
+        original, pulled = (project / path).read_bytes(), (clone / path).read_bytes()
+        assert hashlib.sha256(original).digest() == hashlib.sha256(pulled).digest(), path
+    assert "in sync" in run([*dvc, "status", "--cloud"], clone).stdout
+    # Up to date as it is: `dvc repro` in the clone would run nothing (resume checkpoints
+    # are not DVC outs, so their absence changes nothing).
+    assert dvc_json(clone, "status") == {}, "a pulled clone must be up to date"
 
 
 def test_pretrain_stage_runs_under_torchrun_with_two_processes(project):
