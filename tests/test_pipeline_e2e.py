@@ -120,8 +120,13 @@ def test_repro_builds_every_stage(project):
         "sft",
         "evaluate",
         "export",
+        "report",
     }
     assert ran_stages(log) == expected
+    card = (project / "reports/report.md").read_text()
+    assert "## Training" in card and (project / "reports/figures/curves_steps.png").exists()
+    model_card = (project / "models/onnx/README.md").read_text()
+    assert model_card.startswith("---\n") and "bits per byte" in model_card
     metrics = json.loads((project / "reports/metrics.json").read_text())
     for split in ("shakespeare", "oasst"):
         assert {"loss", "perplexity", "bpb"} <= metrics[split].keys()
@@ -278,6 +283,7 @@ def test_prefect_flow_runs_the_stages_in_order(project):
         "sft",
         "evaluate",
         "export",
+        "report",
     ]
     assert set(result["stages"].values()) == {"skipped (cached)"}
     assert result["experiment"] is None and len(result["run_id"]) == 32
