@@ -226,15 +226,15 @@ def test_prefect_yaml_declares_the_deployments_deploy_py_serves(monkeypatch):
     assert deploy.DEPLOYMENTS["nightly"]["cron"] == deploy.DEFAULT_NIGHTLY_CRON == "0 3 * * *"
 
 
-def test_served_deployments_match_the_shared_table():
+def test_served_deployments_match_the_shared_table(tmp_path):
     from pipelines import deploy
 
-    made = {d.name: d for d in deploy.deployments("/tmp/project")}
+    made = {d.name: d for d in deploy.deployments(str(tmp_path))}
     assert set(made) == set(deploy.DEPLOYMENTS)
     assert made["sweep"].parameters == {
         "overrides": deploy.DEFAULT_SWEEP,
-        "workdir": "/tmp/project",
+        "workdir": str(tmp_path),
     }
-    assert made["nightly"].parameters == {"workdir": "/tmp/project"}
+    assert made["nightly"].parameters == {"workdir": str(tmp_path)}
     assert made["nightly"].schedules[0].schedule.cron == deploy.NIGHTLY_CRON
     assert not made["sweep"].schedules
