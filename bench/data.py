@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from common import data_dir  # bench/common.py: this script's folder is on sys.path
 
 from bardlet.data.chat_template import render
 from bardlet.data.oasst import build_conversations, read_messages, tree_split
@@ -57,14 +58,6 @@ from bardlet.tokenizer import Tokenizer
 REPO = Path(__file__).resolve().parents[1]
 VOCAB_SIZE = 4096
 T = TypeVar("T")
-
-
-def data_dir() -> Path:
-    env = os.environ.get("BARDLET_DATA_MIRROR", "")
-    for candidate in (Path(env) if env else None, REPO.parent / "shared" / "data"):
-        if candidate is not None and candidate.is_dir():
-            return candidate
-    sys.exit("data mirror not found: set BARDLET_DATA_MIRROR to the folder with the data files")
 
 
 def stage_params() -> dict[str, Any]:

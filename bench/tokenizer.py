@@ -42,19 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import regex
+from common import data_dir  # bench/common.py: this script's folder is on sys.path
 
 from bardlet.tokenizer import DEFAULT_SPECIAL_TOKENS, GPT4_PATTERN, Tokenizer
 from bardlet.tokenizer.hf import export_hf
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def data_dir() -> Path:
-    env = os.environ.get("BARDLET_DATA_MIRROR", "")
-    for candidate in (Path(env) if env else None, REPO.parent / "shared" / "data"):
-        if candidate is not None and candidate.is_dir():
-            return candidate
-    sys.exit("data mirror not found: set BARDLET_DATA_MIRROR to the folder with the data files")
 
 
 def corpus_files() -> dict[str, Path]:

@@ -147,10 +147,10 @@ def run_experiment(name: str, set_params: list[str], workdir: str = ".") -> dict
     return experiment_info(name, Path(workdir))
 
 
-def experiment_info(name: str, workdir: Path) -> dict[str, Any]:
-    """An experiment's revision and metrics from `dvc exp show --json`."""
-    shown = subprocess.run(
-        [*DVC, "exp", "show", "--json"],
+def dvc_output(args: list[str], workdir: Path) -> str:
+    """Run a quick DVC command in `workdir` and return what it printed (raises if it fails)."""
+    done = subprocess.run(
+        [*DVC, *args],
         cwd=workdir,
         env=dvc_env(workdir),
         capture_output=True,
@@ -158,7 +158,12 @@ def experiment_info(name: str, workdir: Path) -> dict[str, Any]:
         check=True,
         timeout=300,
     )
-    for baseline in json.loads(shown.stdout):
+    return done.stdout
+
+
+def experiment_info(name: str, workdir: Path) -> dict[str, Any]:
+    """An experiment's revision and metrics from `dvc exp show --json`."""
+    for baseline in json.loads(dvc_output(["exp", "show", "--json"], workdir)):
         for experiment in baseline.get("experiments") or []:
             for rev in experiment.get("revs") or []:
                 if rev.get("name") == name:
@@ -174,15 +179,7 @@ def read_at_rev(path: str, rev: str, workdir: Path) -> str:
     """A DVC-tracked file as the experiment `rev` produced it (from the DVC cache)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / Path(path).name
-        subprocess.run(
-            [*DVC, "get", ".", path, "--rev", rev, "--out", str(out)],
-            cwd=workdir,
-            env=dvc_env(workdir),
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=300,
-        )
+        dvc_output(["get", ".", path, "--rev", rev, "--out", str(out)], workdir)
         return out.read_text(encoding="utf-8")
 
 
