@@ -1,0 +1,210 @@
+"""Pretraining sweep: which settings reach the lowest Tiny Shakespeare validation bits per byte.
+
+    .venv/bin/python bench/pretrain_sweep.py --json bench/results/pretrain_sweep.json  # ~1.5 h
+    .venv/bin/python bench/pretrain_sweep.py --quick         # about a minute: 1/100 of the steps
+    .venv/bin/python bench/pretrain_sweep.py --runs batch-8 batch-8-dropout-0.2
+
+Every run is the pretrain stage's training (`bardlet.training.loop.train`) on the pipeline's
+tokenizer and shards (run `make pipeline` first), with params.yaml's `model` and `pretrain`
+sections changed as the RUNS table says. A run whose `tokenizer.vocab_size` is not the
+pipeline's trains that tokenizer first (on the same text as the tokenizer stage) and encodes
+the prepared Shakespeare train and validation text with it. Each runs in its own process with one thread;
+`--jobs 2` (the default) runs two at once on a 2-core machine. Runs differ in steps, so they
+are compared at equal training tokens (steps x batch x context) and by their best evaluation.
+Validation: the same number of tokens for every run (81,920, the default pretrain's 40 x 8 x
+256) in random windows from the validation split, drawn in the run's batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+VAL_TOKENS = 40 * 8 * 256  # the default pretrain's validation sample
+
+
+def setting(
+    vocab: int,
+    dropout: float,
+    weight_decay: float,
+    batch: int,
+    steps: int,
+    lr: float,
+    warmup: int,
+    eval_every: int,
+    width: int = 128,
+    heads: int = 4,
+) -> dict[str, dict[str, Any]]:
+    """Everything a run sets explicitly, so the table stays true when params.yaml changes."""
+    return {
+        "tokenizer": {"vocab_size": vocab},
+        "model": {"n_embd": width, "n_head": heads, "dropout": dropout},
+        "pretrain": {
+            "max_steps": steps,
+            "batch_size": batch,
+            "learning_rate": lr,
+            "warmup_steps": warmup,
+            "eval_interval": eval_every,
+            "weight_decay": weight_decay,
+        },
+    }
+
+
+# The runs, in the order they were tried. `batch-8-dropout-0.2-wd-0.5` is today's default.
+RUNS: dict[str, dict[str, dict[str, Any]]] = {
+    "previous-default": setting(4096, 0.0, 0.1, 16, 400, 3e-3, 40, 100),
+    "wide-192": setting(4096, 0.0, 0.1, 16, 600, 3e-3, 40, 100, width=192, heads=6),
+    "weight-decay-0.5": setting(4096, 0.1, 0.5, 16, 600, 3e-3, 40, 100),
+    "batch-8": setting(4096, 0.1, 0.1, 8, 1200, 2e-3, 80, 200),
+    "batch-4": setting(4096, 0.1, 0.1, 4, 2400, 1.5e-3, 100, 400),
+    "batch-8-long": setting(4096, 0.1, 0.1, 8, 2400, 2e-3, 80, 300),
+    "batch-8-dropout-0.2": setting(4096, 0.2, 0.1, 8, 2000, 2e-3, 80, 250),
+    "batch-8-dropout-0.2-wd-0.5": setting(4096, 0.2, 0.5, 8, 2000, 2e-3, 80, 250),
+    "vocab-2048": setting(2048, 0.2, 0.1, 8, 2000, 2e-3, 80, 250),
+    "vocab-2048-wd-0.5": setting(2048, 0.2, 0.5, 8, 2600, 2e-3, 80, 200),
+    "vocab-2048-wd-1.0": setting(2048, 0.2, 1.0, 8, 2600, 2e-3, 80, 200),
+}
+
+
+def worker(name: str, quick: bool) -> dict[str, Any]:
+    """One run, in this process: returns its evaluation history."""
+    import numpy as np
+    import torch
+
+    from bardlet.config import load_params
+    from bardlet.data.loaders import TokenWindows
+    from bardlet.data.shards import concat_tokens, read_split
+    from bardlet.evaluation import token_byte_lengths
+    from bardlet.model import GPT, GPTConfig
+    from bardlet.tokenizer import Tokenizer
+    from bardlet.training.loop import train
+    from stages.paths import SHAKESPEARE, SHARDS, TOKENIZER
+    from stages.tokenizer import training_texts
+
+    change = RUNS[name]
+    params = load_params(REPO / "params.yaml")
+    model_params = params.model.model_copy(update=change["model"])
+    steps = change["pretrain"]["max_steps"]
+    update = dict(change["pretrain"], threads=1)
+    val_tokens_wanted = VAL_TOKENS
+    if quick:  # a smoke test: a few steps, one small evaluation at the end
+        update.update(max_steps=max(steps // 100, 2), warmup_steps=1)
+        update["eval_interval"] = update["max_steps"]
+        val_tokens_wanted = VAL_TOKENS // 20
+    settings = params.pretrain.model_copy(update=update)
+    vocab_size = change["tokenizer"]["vocab_size"]
+    tokenizer = Tokenizer.load(TOKENIZER)
+    if tokenizer.vocab_size == vocab_size:  # the pipeline's own tokenizer and shards
+        train_tokens = concat_tokens(read_split(SHARDS / "pretrain/train", tokenizer.hash))
+        val_tokens = concat_tokens(read_split(SHARDS / "pretrain/val", tokenizer.hash))
+    else:
+        tokenizer = Tokenizer.train(
+            training_texts(), vocab_size, special_tokens=params.tokenizer.special_tokens
+        )
+        train_tokens, val_tokens = (
+            np.array(tokenizer.encode((SHAKESPEARE / f"{split}.txt").read_text("utf-8")))
+            for split in ("train", "val")
+        )
+    block = model_params.block_size
+    train_data = TokenWindows(train_tokens, block, settings.batch_size, settings.seed)
+    val_data = TokenWindows(val_tokens, block, settings.batch_size, settings.seed + 1)
+    val_batches = [
+        val_data.batch(i) for i in range(max(val_tokens_wanted // (settings.batch_size * block), 1))
+    ]
+    torch.manual_seed(settings.seed)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **model_params.model_dump()))
+    start = time.perf_counter()
+    result = train(
+        model,
+        train_data,
+        lambda: val_batches,
+        settings,
+        token_byte_lengths(tokenizer),
+        log=lambda line: print(f"{name}: {line}", file=sys.stderr, flush=True),
+    )
+    tokens_per_step = settings.batch_size * block * settings.grad_accum
+    return {
+        "name": name,
+        "change": change,
+        "params": model.num_params(),
+        "vocab_size": tokenizer.vocab_size,
+        "tokens_per_step": tokens_per_step,
+        "seconds": time.perf_counter() - start,
+        "history": result.history,
+        "best": result.final,
+    }
+
+
+def run(name: str, quick: bool) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    command = [sys.executable, __file__, "--worker", name] + (["--quick"] if quick else [])
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        return {"name": name, "error": tail or f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| run | vocab | params | dropout | weight decay | batch x context | steps | tokens |"
+        " best val bpb (at step) | val bpb at <= 2.46M tokens | train loss at the end |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error']} |")
+            continue
+        model, train = r["change"]["model"], r["change"]["pretrain"]
+        history = r["history"]
+        steps = int(history[-1]["step"])
+        early = [h for h in history if h["step"] * r["tokens_per_step"] <= 2_457_600]
+        at_tokens = f"{early[-1]['val_bpb']:.3f}" if early else ""
+        lines.append(
+            f"| {r['name']} | {r['vocab_size']} | {r['params'] / 1e6:.2f}M | "
+            f"{model['dropout']} | {train['weight_decay']} | "
+            f"{train['batch_size']} x 256 | {steps} | {steps * r['tokens_per_step'] / 1e6:.2f}M | "
+            f"{r['best']['val_bpb']:.3f} ({int(r['best']['step'])}) | {at_tokens} | "
+            f"{history[-1]['train_loss']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1/100 of every run's steps")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.quick)))
+        return
+    started = time.perf_counter()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda name: run(name, args.quick), args.runs))
+    table = markdown(results)
+    print(table)
+    if args.json:
+        payload = {
+            "command": "python bench/pretrain_sweep.py" + (" --quick" if args.quick else ""),
+            "seconds": time.perf_counter() - started,
+            "runs": results,
+            "table": table,
+        }
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(args.json)
+
+
+if __name__ == "__main__":
+    main()
