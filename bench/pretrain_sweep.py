@@ -29,6 +29,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 VAL_TOKENS = 40 * 8 * 256  # the default pretrain's validation sample
+COMPARE_AT_TOKENS = 600 * 16 * 256  # runs are also compared at this many training tokens
 
 
 def setting(
@@ -166,7 +167,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         model, train = r["change"]["model"], r["change"]["pretrain"]
         history = r["history"]
         steps = int(history[-1]["step"])
-        early = [h for h in history if h["step"] * r["tokens_per_step"] <= 2_457_600]
+        early = [h for h in history if h["step"] * r["tokens_per_step"] <= COMPARE_AT_TOKENS]
         at_tokens = f"{early[-1]['val_bpb']:.3f}" if early else ""
         lines.append(
             f"| {r['name']} | {r['vocab_size']} | {r['params'] / 1e6:.2f}M | "
