@@ -114,7 +114,10 @@ def screenshot(page, path: Path) -> None:
 
 def test_a_typed_message_gets_a_streamed_reply(page, tmp_path):
     assert "bardlet" in page.locator("#model").text_content()
-    page.fill("#max-tokens", "1000")
+    # Throttled, so the reply reaches the page over seconds however fast the machine writes
+    # it: on a fast CI runner an unthrottled reply arrived whole between two samples.
+    slow_network(page, 8_000)
+    page.fill("#max-tokens", "200")
     page.fill("#input", "Good morrow, gentle friend!")
     page.click("#send")
     page.wait_for_selector("#log .msg.user")
