@@ -92,6 +92,9 @@ class TrainParams(Section):
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="evaluate and keep an exponential moving average; 0 = off"
+    )
     eval_interval: int = Field(100, gt=0)
     eval_batches: int = Field(20, gt=0)
     log_interval: int = Field(10, gt=0)

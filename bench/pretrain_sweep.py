@@ -43,6 +43,7 @@ def setting(
     eval_every: int,
     width: int = 128,
     heads: int = 4,
+    ema: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
     """Everything a run sets explicitly, so the table stays true when params.yaml changes."""
     return {
@@ -55,6 +56,7 @@ def setting(
             "warmup_steps": warmup,
             "eval_interval": eval_every,
             "weight_decay": weight_decay,
+            "ema_decay": ema,
         },
     }
 
@@ -72,6 +74,8 @@ RUNS: dict[str, dict[str, dict[str, Any]]] = {
     "vocab-2048": setting(2048, 0.2, 0.1, 8, 2000, 2e-3, 80, 250),
     "vocab-2048-wd-0.5": setting(2048, 0.2, 0.5, 8, 2600, 2e-3, 80, 200),
     "vocab-2048-wd-1.0": setting(2048, 0.2, 1.0, 8, 2600, 2e-3, 80, 200),
+    "ema-0.998": setting(4096, 0.2, 0.5, 8, 2000, 2e-3, 80, 200, ema=0.998),
+    "vocab-2048-ema-0.998": setting(2048, 0.2, 0.5, 8, 2600, 2e-3, 80, 200, ema=0.998),
 }
 
 
@@ -156,9 +160,9 @@ def run(name: str, quick: bool) -> dict[str, Any]:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| run | vocab | params | dropout | weight decay | batch x context | steps | tokens |"
+        "| run | vocab | params | dropout | weight decay | EMA | batch x context | steps | tokens |"
         " best val bpb (at step) | val bpb at <= 2.46M tokens | train loss at the end |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         if "error" in r:
@@ -171,7 +175,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         at_tokens = f"{early[-1]['val_bpb']:.3f}" if early else ""
         lines.append(
             f"| {r['name']} | {r['vocab_size']} | {r['params'] / 1e6:.2f}M | "
-            f"{model['dropout']} | {train['weight_decay']} | "
+            f"{model['dropout']} | {train['weight_decay']} | {train.get('ema_decay') or '-'} | "
             f"{train['batch_size']} x 256 | {steps} | {steps * r['tokens_per_step'] / 1e6:.2f}M | "
             f"{r['best']['val_bpb']:.3f} ({int(r['best']['step'])}) | {at_tokens} | "
             f"{history[-1]['train_loss']:.2f} |"

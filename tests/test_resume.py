@@ -36,8 +36,9 @@ data = TokenWindows(tokens, 16, 4, seed=1)
 val = [data.batch(10_000)]
 params = TrainParams(max_steps=40, batch_size=4, learning_rate=1e-2, warmup_steps=3,
                      eval_interval=10, eval_batches=1, log_interval=1, checkpoint_interval=3,
-                     keep_checkpoints=2, threads=1, seed=5, keep_best=False)
-step_delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+                     keep_checkpoints=2, threads=1, seed=5, keep_best=False,
+                     ema_decay=float(sys.argv[3]))
+step_delay = float(sys.argv[2])
 
 class Slow:  # gives the test time to kill us mid-run
     def batch(self, step):
@@ -51,12 +52,12 @@ print("finished", flush=True)
 """
 
 
-def launch(tmp: Path, folder: str, delay: float = 0.0) -> subprocess.Popen:
+def launch(tmp: Path, folder: str, delay: float = 0.0, ema: float = 0.0) -> subprocess.Popen:
     script = tmp / "train_script.py"
     script.write_text(SCRIPT)
     (tmp / folder).mkdir(exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, str(script), str(tmp / folder), str(delay)],
+        [sys.executable, str(script), str(tmp / folder), str(delay), str(ema)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -82,20 +83,22 @@ def final_weights(tmp: Path, folder: str) -> dict[str, torch.Tensor]:
     return load_file(str(tmp / folder / "final.safetensors"))
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path):
-    reference = launch(tmp_path, "reference")
+# With ema_decay the moving average is part of the state too (and it is what the run returns).
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, ema):
+    reference = launch(tmp_path, "reference", ema=ema)
     out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out
 
     kill_at = random.Random().randint(4, 35)
-    victim = launch(tmp_path, "killed", delay=0.02)
+    victim = launch(tmp_path, "killed", delay=0.02, ema=ema)
     wait_for_step(victim, kill_at)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "final.safetensors").exists()
 
-    resumed = launch(tmp_path, "killed")
+    resumed = launch(tmp_path, "killed", ema=ema)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     assert "resuming from" in out or kill_at < 3, out

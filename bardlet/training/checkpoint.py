@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
+from torch.optim.swa_utils import AveragedModel
 
 from bardlet.model import GPT, GPTConfig
 
@@ -59,6 +60,7 @@ def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[GPT, dict
 
 STATE = "state.json"
 OPTIMIZER = "optimizer.safetensors"
+EMA = "ema.safetensors"
 
 
 def save_state(
@@ -66,6 +68,7 @@ def save_state(
     step: int,
     model: GPT,
     optimizer: torch.optim.Optimizer,
+    ema: AveragedModel | None,
     state: dict[str, Any],
     keep: int,
 ) -> Path:
@@ -83,6 +86,9 @@ def save_state(
         for name, value in slots.items()
     }
     save_file(tensors, str(tmp / OPTIMIZER))
+    if ema is not None:
+        save_model(ema.module, str(tmp / EMA))
+        state = {**state, "ema_updates": int(ema.n_averaged)}
     payload = {
         "step": step,
         "param_groups": optimizer_state["param_groups"],
@@ -105,8 +111,10 @@ def checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / STATE).exists())
 
 
-def load_state(folder: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer and RNG from a checkpoint folder; returns state.json."""
+def load_state(
+    folder: Path, model: GPT, optimizer: torch.optim.Optimizer, ema: AveragedModel | None
+) -> dict[str, Any]:
+    """Restore model, optimizer, moving average and RNG from a checkpoint; returns state.json."""
     state: dict[str, Any] = json.loads((folder / STATE).read_text(encoding="utf-8"))
     load_model(model, str(folder / WEIGHTS))
     tensors = load_file(str(folder / OPTIMIZER))
@@ -115,5 +123,8 @@ def load_state(folder: Path, model: GPT, optimizer: torch.optim.Optimizer) -> di
         index, name = key.split(".", 1)
         slots.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
+    if ema is not None:
+        load_model(ema.module, str(folder / EMA))
+        ema.n_averaged.fill_(state["ema_updates"])
     torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
     return state

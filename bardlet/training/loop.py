@@ -23,12 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from bardlet import tracking
 from bardlet.config import TrainParams
@@ -125,6 +126,14 @@ def train(
     wrapped = DistributedDataParallel(model) if world > 1 else model
     forward = torch.compile(wrapped) if use_cuda else wrapped
     log = log if rank == 0 else (lambda _line: None)
+    # The moving average of the weights (ema_decay > 0) smooths out the noise of small
+    # batches; it is what gets evaluated, kept as best, and returned.
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(params.ema_decay))
+        if params.ema_decay > 0
+        else None
+    )
+    evaluated = model if ema is None else cast(GPT, ema.module)
     result = TrainResult()
     identity = fingerprint(params, model, run_identity or {})
     best: dict[str, Any] = {"val_loss": math.inf, "step": 0, "weights": None}
@@ -137,7 +146,7 @@ def train(
         newest = found[-1]
         state = json.loads((newest / checkpoint.STATE).read_text(encoding="utf-8"))
         if params.resume == "auto" and state.get("fingerprint") == identity:
-            state = checkpoint.load_state(newest, model, optimizer)
+            state = checkpoint.load_state(newest, model, optimizer, ema)
             start_step = state["step"]
             result.history = state["history"]
             best.update(val_loss=state["best_val_loss"], step=state["best_step"])
@@ -172,6 +181,7 @@ def train(
             step,
             model,
             optimizer,
+            ema,
             {
                 "fingerprint": identity,
                 "history": result.history,
@@ -185,7 +195,7 @@ def train(
             checkpoint.save_file(best["weights"], str(folder / "best.safetensors"))
 
     def evaluate(step: int) -> None:
-        metrics = measure(model, val_batches(), byte_lengths, device)
+        metrics = measure(evaluated, val_batches(), byte_lengths, device)
         row = {
             "step": float(step),
             "seconds": time.perf_counter() - started + elapsed_before,
@@ -196,7 +206,7 @@ def train(
         window.update(loss_sum=0.0, steps=0)
         result.history.append(row)
         if metrics["loss"] < best["val_loss"]:
-            weights = model.state_dict()
+            weights = evaluated.state_dict()
             best.update(
                 val_loss=metrics["loss"],
                 step=step,
@@ -234,6 +244,8 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update_parameters(model)
             window["loss_sum"] += loss_sum / params.grad_accum
             window["steps"] += 1
 
@@ -271,6 +283,8 @@ def train(
     if params.keep_best and best["weights"] is not None:
         model.load_state_dict(best["weights"])
         chosen = next(r for r in result.history if r["step"] == best["step"])
+    elif ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     result.final = {
         "val_loss": chosen["val_loss"],
         "val_bpb": chosen["val_bpb"],
