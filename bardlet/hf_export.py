@@ -92,12 +92,14 @@ def export_hf(
     _write_json(out_dir / "tokenizer.json", to_hf_dict(tokenizer))
     _write_json(out_dir / "tokenizer_config.json", tokenizer_config(tokenizer, model))
     tokenizer.save(out_dir / "bpe.json")
-    for private in ("model.safetensors", "bpe.json"):  # their writers make files mode 0600
-        (out_dir / private).chmod(0o644)
     card = render_model_card(
         model.config.to_dict(), model.num_params(), metrics, export_report, name=name
     )
     write_text_atomic(out_dir / "README.md", card)
+    # A folder to publish: readable by all, whatever the umask or the writers' temp-file modes.
+    for path in out_dir.iterdir():
+        if path.is_file():
+            path.chmod(0o644)
     return out_dir
 
 

@@ -15,13 +15,21 @@ from bardlet.chat import DEFAULT_STYLE, Chat, command, fit_conversation, load_st
 from bardlet.data.chat_template import render_prompt
 from bardlet.runtime import OnnxLM, Sampling
 
-TIMEOUT = 20
+TIMEOUT = 20  # for each interaction; starting a chat (imports, model load) gets STARTUP
+STARTUP = 120
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, small_tokenizer) -> Path:
     # A long context so that a reply can run for seconds (long enough to stop it with Ctrl-C).
     return build_tiny_model(tmp_path_factory.mktemp("tty"), small_tokenizer, block_size=2048)
+
+
+@pytest.fixture(scope="module")
+def slow_model_dir(tmp_path_factory, small_tokenizer) -> Path:
+    # Wide, so a 2,000-token reply takes seconds even on a fast machine: Ctrl-C lands mid-reply.
+    folder = tmp_path_factory.mktemp("slow")
+    return build_tiny_model(folder, small_tokenizer, 2048, n_embd=192, logit_scale=50)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +48,7 @@ def spawn(model: Path, *args: str) -> pexpect.spawn:
         timeout=TIMEOUT,
         dimensions=(40, 200),
     )
-    child.expect_exact("you> ")
+    child.expect_exact("you> ", timeout=STARTUP)
     return child
 
 
@@ -134,8 +142,8 @@ def test_replies_stream_the_models_words_and_remember_the_conversation(model_dir
     assert "".join(fresh.reply("And then?")) != want[1]
 
 
-def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(model_dir, tmp_path):
-    child = spawn(model_dir, "--temperature", "0", "--max-new-tokens", "1500")
+def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(slow_model_dir, tmp_path):
+    child = spawn(slow_model_dir, "--temperature", "0", "--max-new-tokens", "2000")
     try:
         child.sendline("Speak until I stop thee")
         child.expect_exact("bot> ")
@@ -169,7 +177,7 @@ def test_unknown_style_exits_with_a_message(model_dir):
         encoding="utf-8",
         timeout=TIMEOUT,
     )
-    child.expect_exact("unknown style 'nope'")
+    child.expect_exact("unknown style 'nope'", timeout=STARTUP)
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 2
@@ -279,8 +287,8 @@ def test_a_training_checkpoint_folder_is_exported_on_the_fly(tmp_path, small_tok
 
     child = chat_in_project("--temperature", "0", "--max-new-tokens", "8")
     try:
-        child.expect_exact("(exporting models/chat to ONNX for this session)")
-        child.expect_exact("you> ")
+        child.expect_exact("(exporting models/chat to ONNX for this session)", timeout=STARTUP)
+        child.expect_exact("you> ", timeout=STARTUP)
         got = reply_of(child, "Good morrow")
         child.sendeof()
         child.expect(pexpect.EOF)

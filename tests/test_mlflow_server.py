@@ -72,7 +72,7 @@ def mlflow_server(tmp_path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a cold start runs the SQLite store's migrations
         while True:
             if process.poll() is not None:
                 pytest.fail(f"mlflow server exited: {(tmp_path / 'server.log').read_text()}")

@@ -230,7 +230,13 @@ def test_unknown_override_fails_before_anything_runs(prefect_server, toy):
 @pytest.fixture
 def served(prefect_server, toy, tmp_path) -> Iterator[Path]:
     """`python -m pipelines.deploy` serving both deployments against the test server."""
-    env = dict(os.environ, PREFECT_API_URL=prefect_server, PYTHONPATH=str(REPO))
+    # The runner polls for scheduled runs every second, not every 10 (prefect's default).
+    env = dict(
+        os.environ,
+        PREFECT_API_URL=prefect_server,
+        PYTHONPATH=str(REPO),
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+    )
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
@@ -282,7 +288,7 @@ def test_served_deployments_run_on_demand(served, toy):
     run = run_deployment(
         "bardlet-pipeline/nightly",
         parameters={"overrides": {"sft.max_steps": 3}, "experiment": "nightly-test"},
-        timeout=120,
+        timeout=600,  # generous for a slow runner; pytest-timeout is the backstop
         poll_interval=1,
     )
     assert run.state is not None and run.state.is_completed(), (
@@ -294,7 +300,7 @@ def test_served_deployments_run_on_demand(served, toy):
     run = run_deployment(
         "bardlet-sweep/sweep",
         parameters={"overrides": [{"sft.max_steps": 7}, {"sft.learning_rate": 0.01}]},
-        timeout=150,
+        timeout=600,
         poll_interval=1,
     )
     assert run.state is not None and run.state.is_completed(), (
