@@ -20,6 +20,11 @@ Models at each shape:
   `is_causal=True`, so both models get the same fused attention kernel.)
 - bardlet + torch.compile (default shape, full run only): compile time is the first step's
   wall time minus a steady step, with a fresh inductor cache (a cold compile), median of rounds.
+- ", dropout D" rows (default shape): both models as they train, with params.yaml's
+  model.dropout. bardlet drops out each residual branch's output and nothing inside attention;
+  the baseline's `dropout=` is the encoder layer's own, which also drops attention weights
+  (so SDPA runs with dropout_p) and the MLP's hidden layer, as in every project that uses it.
+  The other rows have dropout 0: the same arithmetic in both models.
 
 MFU = achieved FLOPs/s / peak. FLOPs per token = 6 * N + 12 * n_layer * n_embd * context
 (PaLM appendix B, as nanoGPT's estimate_mfu): N = the parameters that do matmul work, i.e.
@@ -98,7 +103,7 @@ BABY_GPT = Shape("baby-GPT", 4, 4, 128, 64, 12, 65)
 class TorchEncoderGPT(nn.Module):
     """The usual 'GPT from nn.TransformerEncoderLayer + causal mask' of small projects."""
 
-    def __init__(self, shape: Shape) -> None:
+    def __init__(self, shape: Shape, dropout: float) -> None:
         super().__init__()
         width = shape.n_embd
         self.tok_emb = nn.Embedding(shape.vocab_size, width)
@@ -107,7 +112,7 @@ class TorchEncoderGPT(nn.Module):
             width,
             shape.n_head,
             dim_feedforward=4 * width,
-            dropout=0.0,
+            dropout=dropout,
             activation="gelu",
             batch_first=True,
             norm_first=True,
@@ -131,9 +136,9 @@ class TorchEncoderGPT(nn.Module):
         return logits, loss
 
 
-def build_model(kind: str, shape: Shape) -> nn.Module:
+def build_model(kind: str, shape: Shape, dropout: float) -> nn.Module:
     if kind == "baseline":
-        return TorchEncoderGPT(shape)
+        return TorchEncoderGPT(shape, dropout)
     config = GPTConfig(
         vocab_size=shape.vocab_size,
         block_size=shape.block_size,
@@ -141,7 +146,7 @@ def build_model(kind: str, shape: Shape) -> nn.Module:
         n_head=shape.n_head,
         n_embd=shape.n_embd,
         mlp_ratio=shape.mlp_ratio,
-        dropout=0.0,
+        dropout=dropout,
     )
     return GPT(config)
 
@@ -196,7 +201,7 @@ def worker_row(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(threads)
     rss_import = max_rss_mb()
     torch.manual_seed(0)
-    model = build_model(job["kind"], shape)
+    model = build_model(job["kind"], shape, job["dropout"])
     model.train()
     forward = torch.compile(model) if job["compile"] else model
     optimizer = make_optimizer(model)
@@ -267,10 +272,15 @@ class RowSpec:
     kind: str  # "bardlet" or "baseline"
     threads: int
     compile: bool = False
+    dropout: float = 0.0
 
     @property
     def label(self) -> str:
-        return self.kind + (" + torch.compile" if self.compile else "")
+        return model_label(self.kind, self.dropout) + (" + torch.compile" if self.compile else "")
+
+
+def model_label(kind: str, dropout: float) -> str:
+    return kind + (f", dropout {dropout}" if dropout else "")
 
 
 def measure(specs: list[RowSpec], rounds: int, warmup: int, iters: dict[str, int]) -> list[dict]:
@@ -286,6 +296,7 @@ def measure(specs: list[RowSpec], rounds: int, warmup: int, iters: dict[str, int
                 "kind": spec.kind,
                 "threads": spec.threads,
                 "compile": spec.compile,
+                "dropout": spec.dropout,
                 "warmup": warmup + (2 if spec.compile else 0),
                 "iters": iters[spec.shape.name],
             }
@@ -305,6 +316,7 @@ def pool(spec: RowSpec, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "shape": spec.shape.name,
         "model": spec.label,
         "threads": spec.threads,
+        "dropout": spec.dropout,
         "batch": spec.shape.batch_size,
         "context": spec.shape.block_size,
     }
@@ -343,7 +355,7 @@ def annotate(rows: list[dict[str, Any]], peaks: dict[int, float]) -> None:
         peak = peaks[row["threads"]]
         row["peak_gflops"] = peak
         row["mfu"] = row["flops_per_token"] * row["tokens_per_s"] / (peak * 1e9)
-        refs = [("baseline", "vs_baseline")]
+        refs = [(model_label("baseline", row["dropout"]), "vs_baseline")]
         if row["model"].endswith("torch.compile"):
             refs.append(("bardlet", "vs_bardlet_eager"))
         for ref_name, key in refs:
@@ -411,6 +423,7 @@ def main() -> None:
 
     threads = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",")]
     shapes = [default_shape(), BABY_GPT]
+    trained_dropout = load_params(REPO / "params.yaml").model.dropout
     with_compile = not (args.quick or args.no_compile)
     if args.quick:
         rounds, warmup, iters = 1, 1, {"default": 3, "baby-GPT": 10}
@@ -422,6 +435,11 @@ def main() -> None:
             specs += [RowSpec(shape, "bardlet", n), RowSpec(shape, "baseline", n)]
             if with_compile and shape.name == "default":
                 specs.append(RowSpec(shape, "bardlet", n, compile=True))
+            if shape.name == "default" and trained_dropout > 0:
+                specs += [
+                    RowSpec(shape, "bardlet", n, dropout=trained_dropout),
+                    RowSpec(shape, "baseline", n, dropout=trained_dropout),
+                ]
 
     print(f"cpu: {os.cpu_count()} cores, load average {os.getloadavg()}", file=sys.stderr)
     start = time.perf_counter()
