@@ -36,7 +36,7 @@ data = TokenWindows(tokens, 16, 4, seed=1)
 val = [data.batch(10_000)]
 params = TrainParams(max_steps=40, batch_size=4, learning_rate=1e-2, warmup_steps=3,
                      eval_interval=10, eval_batches=1, log_interval=1, checkpoint_interval=3,
-                     keep_checkpoints=2, threads=1, seed=5, keep_best=False,
+                     keep_checkpoints=2, threads=1, seed=5, keep_best=sys.argv[4] == "best",
                      ema_decay=float(sys.argv[3]))
 step_delay = float(sys.argv[2])
 
@@ -52,12 +52,14 @@ print("finished", flush=True)
 """
 
 
-def launch(tmp: Path, folder: str, delay: float = 0.0, ema: float = 0.0) -> subprocess.Popen:
+def launch(
+    tmp: Path, folder: str, delay: float = 0.0, ema: float = 0.0, keep: str = "last"
+) -> subprocess.Popen:
     script = tmp / "train_script.py"
     script.write_text(SCRIPT)
     (tmp / folder).mkdir(exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, str(script), str(tmp / folder), str(delay), str(ema)],
+        [sys.executable, str(script), str(tmp / folder), str(delay), str(ema), keep],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -83,23 +85,24 @@ def final_weights(tmp: Path, folder: str) -> dict[str, torch.Tensor]:
     return load_file(str(tmp / folder / "final.safetensors"))
 
 
-# With ema_decay the moving average is part of the state too (and it is what the run returns).
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_sigkill_then_resume_is_bit_identical(tmp_path, ema):
-    reference = launch(tmp_path, "reference", ema=ema)
+# With ema_decay the moving average is part of the state too (and it is what the run returns);
+# with keep_best, the best weights so far are as well.
+@pytest.mark.parametrize(("ema", "keep"), [(0.0, "last"), (0.9, "last"), (0.9, "best")])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, ema, keep):
+    reference = launch(tmp_path, "reference", ema=ema, keep=keep)
     out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out
 
     # Random, but leaving the victim at least 10 slowed steps (0.5 s) to be killed in.
     kill_at = random.Random().randint(4, 30)
-    victim = launch(tmp_path, "killed", delay=0.05, ema=ema)
+    victim = launch(tmp_path, "killed", delay=0.05, ema=ema, keep=keep)
     wait_for_step(victim, kill_at)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL, f"killed at {kill_at}"
     assert not (tmp_path / "killed" / "final.safetensors").exists(), f"killed at {kill_at}"
 
-    resumed = launch(tmp_path, "killed", ema=ema)
+    resumed = launch(tmp_path, "killed", ema=ema, keep=keep)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, f"killed at {kill_at}: {out}"
     assert "resuming from" in out or kill_at < 3, out

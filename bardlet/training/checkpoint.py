@@ -55,8 +55,9 @@ def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[GPT, dict
 
 # --- Resumable training state -------------------------------------------------------------
 # A training checkpoint is a folder `step-000123/` holding the weights, the optimizer's
-# tensors (safetensors), and state.json: step, RNG state, history, and a fingerprint of the
-# settings, so a run never resumes from a checkpoint made with other params or data.
+# tensors and the moving average of the weights if there is one (safetensors), and
+# state.json: step, RNG state, history, and a fingerprint of the settings, so a run never
+# resumes from a checkpoint made with other params or data.
 
 STATE = "state.json"
 OPTIMIZER = "optimizer.safetensors"

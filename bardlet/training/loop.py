@@ -5,9 +5,9 @@ code trains the base model and the chat model. On CUDA it uses bf16 autocast and
 torch.compile; on CPU plain fp32 eager.
 
 Resuming is exact: batches are a pure function of (seed, step), the learning rate a function
-of the step, and a checkpoint holds weights, optimizer moments and the RNG state, so a run
-killed at any point and resumed ends with the same weights, bit for bit, as one that never
-stopped. SIGINT / SIGTERM finish the current step, save a checkpoint and exit.
+of the step, and a checkpoint holds weights, optimizer moments, the RNG state and the moving
+average of the weights (ema_decay > 0), so a run killed at any point and resumed ends with
+the same weights, bit for bit, as one that never stopped. SIGINT / SIGTERM finish the current step, save a checkpoint and exit.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def train(
     batches measured every eval_interval steps. With checkpoint_dir, training state is saved
     every checkpoint_interval steps and (resume: auto) picked up from the newest checkpoint
     that matches these settings. At the end the model holds the weights with the best
-    validation loss (keep_best) or the last ones.
+    validation loss (keep_best) or the last ones; with ema_decay > 0, their moving average.
     """
     device = next(model.parameters()).device
     if params.threads:
