@@ -7,7 +7,8 @@ torch.compile; on CPU plain fp32 eager.
 Resuming is exact: batches are a pure function of (seed, step), the learning rate a function
 of the step, and a checkpoint holds weights, optimizer moments, the RNG state and the moving
 average of the weights (ema_decay > 0), so a run killed at any point and resumed ends with
-the same weights, bit for bit, as one that never stopped. SIGINT / SIGTERM finish the current step, save a checkpoint and exit.
+the same weights, bit for bit, as one that never stopped. SIGINT / SIGTERM finish the
+current step, save a checkpoint and exit.
 """
 
 from __future__ import annotations
