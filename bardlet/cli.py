@@ -42,14 +42,23 @@ def generate(
     temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0)] = 0.8,
     top_k: Annotated[int, typer.Option("--top-k", min=0)] = 50,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    ignore_end: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-end",
+            help="Keep going past <|end|> (where a chat model ends its turn) up to "
+            "--max-new-tokens; special tokens are never printed either way.",
+        ),
+    ] = False,
     model: ModelOption = DEFAULT_MODEL,
 ) -> None:
-    """Continue PROMPT and print only the generated text."""
+    """Continue PROMPT and print only the generated text (it ends at <|end|>)."""
     from bardlet.runtime import Sampling
 
     lm = _load(model)
     settings = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    sys.stdout.write(lm.generate_text(prompt, max_new_tokens, settings) + "\n")
+    text = lm.generate_text(prompt, max_new_tokens, settings, stop_at_end=not ignore_end)
+    sys.stdout.write(text + "\n")
 
 
 @app.command()
@@ -198,7 +207,9 @@ def report(
     ] = Path("."),
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Where to write (figures/ beside it).", show_default=False),
+        typer.Option(
+            "--out", help="Where to write (figures/ and local/ beside it).", show_default=False
+        ),
     ] = None,
     speed: Annotated[
         bool, typer.Option("--speed/--no-speed", help="Time 64 greedy ONNX tokens.")
@@ -210,11 +221,12 @@ def report(
         bool, typer.Option("--mlflow/--no-mlflow", help="Log to the chat model's MLflow run.")
     ] = False,
 ) -> None:
-    """Write the report card (default reports/report.md + reports/figures/*.png)."""
+    """Write the report card (default reports/report.md + figures/, the same on every machine)
+    and this machine's page: speed and environment (reports/local/report.md)."""
     from bardlet.report import ReportPaths, make_report
 
-    files = make_report(ReportPaths.under(root, out), speed, peak_flops, mlflow)
-    typer.echo(f"wrote {files[0]} and {len(files) - 1} figure(s)")
+    for path in make_report(ReportPaths.under(root, out), speed, peak_flops, mlflow):
+        typer.echo(f"wrote {path}")
 
 
 def _load(model: Path, threads: int = 0) -> OnnxLM:

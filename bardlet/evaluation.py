@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from bardlet.data.loaders import Batch
+from bardlet.measures import summarize
 from bardlet.model import GPT
-from bardlet.runtime.evaluate import summarize
 from bardlet.tokenizer import Tokenizer
 
 

@@ -12,6 +12,13 @@ export reopen the sft run: their numbers belong to the chat model that run made.
 
 Every stage run carries the tags of `provenance()`: git commit and dirty flag, the DVC
 experiment (when run by `dvc exp run`), and hashes of the data shards, tokenizer and params.
+Runs are named `<stage>-<DVC experiment name>` under `dvc exp run`, else
+`<stage>-<first 8 hex digits of the params hash>`, so reruns and experiments tell apart.
+
+Metric names are paths, one scheme everywhere, which the MLflow UI groups by their first
+part: `train/loss`, `train/lr`, `train/tokens_per_s` and `val/loss`, `val/bpb` per step;
+`kept/val_bpb` (the weights a stage kept); `speed/train_seconds`; `eval/oasst/bpb`,
+`eval/shakespeare/bpb`, `eval/oasst/rouge_l`; `export/parity_max_abs_diff`, ...
 """
 
 from __future__ import annotations
@@ -28,21 +35,26 @@ from typing import Any
 import mlflow
 import mlflow.onnx
 import yaml
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 
 EXPERIMENT = "bardlet"
+# MLflow 3's UI tells GenAI experiments (traces) from model training ones by this tag.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"model": {"n_layer": 4}} -> {"model.n_layer": 4}, the keys MLflow shows."""
+def flatten(params: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """{"model": {"n_layer": 4}} -> {"model.n_layer": 4}, the keys MLflow shows for params
+    (and params.yaml's own dotted keys); sep="/" gives metric names."""
     flat: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{name}{sep}", sep))
         else:
             flat[name] = value
     return flat
@@ -137,6 +149,26 @@ def _parent_experiment(parent_run_id: str | None) -> str | None:
     return str(parent.info.experiment_id)
 
 
+def experiment() -> str:
+    """The id of the `bardlet` experiment (created, and marked as model training, if new)."""
+    found = mlflow.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return str(found.experiment_id)
+    return str(mlflow.MlflowClient().create_experiment(EXPERIMENT, tags=EXPERIMENT_KIND))
+
+
+def run_name(stage: str, tags: Mapping[str, str]) -> str:
+    """`sft-bardlet-20260101-030000-1a2b` under `dvc exp run`, else `sft-1a2b3c4d` (params)."""
+    return f"{stage}-{tags.get('dvc.exp_name') or tags.get('params.hash', UNKNOWN)[:8]}"
+
+
+def ui_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
+    """Where `mlflow ui` shows the experiment's runs table. The workflowType parameter opens
+    the "Machine learning" view: MLflow 3.17's UI starts in its GenAI view (traces) otherwise,
+    whatever the experiment's kind tag says."""
+    return f"{host}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 @contextmanager
 def run(
     name: str,
@@ -162,11 +194,11 @@ def run(
     if run_id is None:
         experiment_id = _parent_experiment(parent_run_id)
         if experiment_id is None:
-            experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
+            experiment_id = experiment()
             parent_run_id = None
         start = mlflow.start_run(
             experiment_id=experiment_id,
-            run_name=name,
+            run_name=run_name(name, found),
             parent_run_id=parent_run_id,
             tags={**found, **(tags or {})},
         )
@@ -208,33 +240,66 @@ def get_run(run_id: str) -> mlflow.entities.Run:
 
 REGISTERED_MODEL = "bardlet"
 CHAMPION = "champion"
+# What makes a registered version the champion: bits per byte of the chat model on the
+# OASST1 validation conversations (assistant tokens only; reports/metrics.json). Lower wins.
+CHAMPION_METRIC = "eval/oasst/bpb"
+MODEL_DESCRIPTION = (
+    "bardlet's chat model: a small GPT exported to ONNX with a KV cache. Inputs: input_ids "
+    "int64 [batch, new tokens] and past.{layer}.{key,value} float32 [batch, heads, cached "
+    "tokens, head dim] (0 cached tokens for a prompt); outputs: logits [batch, new tokens, "
+    "vocab] and present.{layer}.{key,value}, the cache to feed back. The alias `champion` is "
+    f"the version with the lowest {CHAMPION_METRIC} (OASST1 validation bits per byte)."
+)
+
+
+def onnx_signature(onnx_path: Path) -> ModelSignature:
+    """The graph's inputs and outputs as an MLflow signature; named dimensions (batch,
+    sequence, cache length) become -1, so any size validates."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+
+    def spec(value: Any) -> TensorSpec:
+        kind = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type)
+        return TensorSpec(dtype, dims, value.name)
+
+    return ModelSignature(
+        inputs=Schema([spec(v) for v in graph.input]),
+        outputs=Schema([spec(v) for v in graph.output]),
+    )
 
 
 def log_onnx_model(
-    onnx_path: Path, input_example: dict[str, Any], val_bpb: float
+    onnx_path: Path, input_example: dict[str, Any], score: float, description: str
 ) -> tuple[int, bool]:
     """Log the ONNX model (mlflow.onnx flavour, so `mlflow.pyfunc.load_model` runs it) to the
-    open run, register it as `bardlet`, and move the `champion` alias to it when its
-    validation bits per byte beat the current champion's. Returns (version, is_champion)."""
+    open run, register it as `bardlet` with `description`, tag it with its CHAMPION_METRIC
+    `score`, and move the `champion` alias to it when the score beats the current
+    champion's. Returns (version, is_champion)."""
     import onnx
 
     info = mlflow.onnx.log_model(
         onnx.load(str(onnx_path)),
         name="model",
+        signature=onnx_signature(onnx_path),
         input_example=input_example,
         pip_requirements=["onnxruntime", "numpy"],  # skips slow dependency inference
         onnx_execution_providers=["CPUExecutionProvider"],
         registered_model_name=REGISTERED_MODEL,
     )
     client = mlflow.MlflowClient()
-    version = int(info.registered_model_version)
-    client.set_model_version_tag(REGISTERED_MODEL, str(version), "val_bpb", str(val_bpb))
+    version = str(info.registered_model_version)
+    client.update_registered_model(REGISTERED_MODEL, description=MODEL_DESCRIPTION)
+    client.update_model_version(REGISTERED_MODEL, version, description=description)
+    client.set_model_version_tag(REGISTERED_MODEL, version, CHAMPION_METRIC, str(score))
     try:
         champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
-        best = float(champion.tags.get("val_bpb", "inf"))
+        best = float(champion.tags.get(CHAMPION_METRIC, "inf"))
     except mlflow.exceptions.MlflowException:
         best = float("inf")  # no champion yet
-    if val_bpb < best:
-        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, str(version))
-        return version, True
-    return version, False
+    if score < best:
+        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+        return int(version), True
+    return int(version), False

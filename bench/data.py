@@ -50,9 +50,9 @@ from bardlet.data.shards import (
     concat_tokens,
     read_split,
     rows_as_arrays,
-    write_json_atomic,
     write_split,
 )
+from bardlet.files import write_json_atomic
 from bardlet.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

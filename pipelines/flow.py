@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 
 from bardlet.tracking import flatten
 
@@ -187,6 +188,42 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+def run_summary(result: dict[str, Any], workdir: Path) -> str:
+    """The run as Markdown for the Prefect UI (the flow run's Artifacts tab): what each stage
+    did, the metrics, and where the MLflow run is."""
+    lines = ["# bardlet pipeline run", ""]
+    if result.get("experiment"):
+        lines += [f"DVC experiment `{result['experiment']}` (`dvc exp show`), overrides:", ""]
+        lines += [
+            f"- `{key}` = `{json.dumps(value)}`" for key, value in result["overrides"].items()
+        ]
+        lines.append("")
+    if result.get("stages"):
+        lines += ["| DVC stage | result |", "| --- | --- |"]
+        lines += [f"| {stage} | {done} |" for stage, done in result["stages"].items()]
+        lines.append("")
+    metrics = flatten(result.get("metrics") or {})
+    if metrics:
+        lines += [f"Metrics ({METRICS}):", "", "| metric | value |", "| --- | ---: |"]
+        lines += [
+            f"| {key} | {value:.4g} |" if isinstance(value, int | float) else f"| {key} | {value} |"
+            for key, value in metrics.items()
+        ]
+        lines.append("")
+    uri = dvc_env(workdir)["MLFLOW_TRACKING_URI"]
+    lines.append(f"MLflow run `{result.get('run_id')}` in `{uri}` (experiment `bardlet`).")
+    return "\n".join(lines) + "\n"
+
+
+def publish(result: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    create_markdown_artifact(
+        key="bardlet-run",
+        markdown=run_summary(result, workdir),
+        description="What the pipeline run did: stages, metrics, MLflow run",
+    )
+    return result
+
+
 @flow(name="bardlet-pipeline", log_prints=True)
 def pipeline(
     overrides: dict[str, Any] | None = None,
@@ -204,25 +241,27 @@ def pipeline(
             stages[stage] = run_stage.with_options(
                 retries=retries, retry_delay_seconds=RETRY_DELAYS
             )(stage, workdir)
-        return {
+        result = {
             "experiment": None,
             "run_id": read_json(root / RUN_INFO).get("run_id"),
             "metrics": read_json(root / METRICS),
             "stages": stages,
         }
+        return publish(result, root)
     set_params = set_param_args(overrides, root / "params.yaml")
     name = experiment or experiment_name()
     info = run_experiment(name, set_params, workdir)
     rev = info["rev"]
     run_id = json.loads(read_at_rev(RUN_INFO, rev, root)).get("run_id")
     print(f"experiment {name} ({rev[:7]}): MLflow run {run_id}")
-    return {
+    result = {
         "experiment": name,
         "rev": rev,
         "overrides": flatten(overrides),
         "run_id": run_id,
         "metrics": info["metrics"],
     }
+    return publish(result, root)
 
 
 @flow(name="bardlet-sweep", log_prints=True)

@@ -335,10 +335,14 @@ class Model:
         settings: Sampling,
         stop_ids: Sequence[int] = (),
     ) -> Iterator[str]:
-        """Pieces of text: whole characters only, ending before the first stop string."""
+        """Pieces of text: whole characters only, no special tokens, ending before the first
+        stop string."""
+        special = set(tokenizer.special_tokens.values())
         ids: list[int] = []
         shown = 0
         for token in self.stream(prompt, max_new_tokens, settings, stop_ids):
+            if token in special:  # a marker, not text: never printed as "<|end|>"
+                continue
             ids.append(token)
             text = tokenizer.decode(ids)
             if text.endswith("\ufffd"):
@@ -473,6 +477,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="TEXT",
         help="end the text before this string (repeatable)",
     )
+    parser.add_argument(
+        "--ignore-end",
+        action="store_true",
+        help="without --chat: keep going past <|end|>, where a chat model ends its turn "
+        "(special tokens are never printed either way)",
+    )
     parser.add_argument("--seed", "-s", type=int, help="random seed (same seed, same text)")
     parser.add_argument(
         "--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)"
@@ -532,7 +542,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             chat(model, tokenizer, args, settings)
             return
         prompt = [tokenizer.special("<|bos|>"), *tokenizer.encode(args.prompt)]
-        for piece in model.stream_text(tokenizer, prompt, args.max_new_tokens, settings):
+        stops = [] if args.ignore_end else [tokenizer.special("<|end|>")]
+        for piece in model.stream_text(tokenizer, prompt, args.max_new_tokens, settings, stops):
             write(piece)
         write("\n")
     except ValueError as error:

@@ -14,8 +14,9 @@ from bardlet import tracking
 from bardlet.config import load_params
 from bardlet.data.chat_template import render_prompt
 from bardlet.data.loaders import PackedConversations, TokenWindows
-from bardlet.data.shards import concat_tokens, read_split, write_json_atomic
+from bardlet.data.shards import concat_tokens, read_split
 from bardlet.evaluation import measure, rouge_l, token_byte_lengths
+from bardlet.files import write_json_atomic
 from bardlet.model import GPT
 from bardlet.tokenizer import Tokenizer
 from bardlet.training import checkpoint
@@ -94,7 +95,7 @@ def main() -> None:
     print(json.dumps(metrics, indent=2))
     # Attach to the sft run that made the chat model.
     with tracking.run("evaluate", run_id=info["run_id"], tokenizer_hash=tokenizer.hash):
-        tracking.log_metrics(tracking.flatten({"eval": metrics}))
+        tracking.log_metrics(tracking.flatten({"eval": metrics}, sep="/"))
         tracking.log_artifact(REPORTS / "metrics.json", "reports")
         tracking.log_artifact(REPORTS / "samples.md", "reports")
 

@@ -17,11 +17,12 @@ from bardlet.chat import STYLES_FILE
 from bardlet.config import load_params
 from bardlet.data.chat_template import render_prompt
 from bardlet.data.loaders import TokenWindows
-from bardlet.data.shards import concat_tokens, read_split, write_json_atomic
+from bardlet.data.shards import concat_tokens, read_split
 from bardlet.evaluation import token_byte_lengths
 from bardlet.export import cache_names, check_parity, export_onnx, quantize_int8
+from bardlet.files import write_json_atomic
 from bardlet.model_card import read_report, render_model_card, write_text_atomic
-from bardlet.runtime import measure_onnx_bpb
+from bardlet.runtime import OnnxLM, measure_onnx_bpb
 from bardlet.tokenizer import Tokenizer
 from bardlet.training import checkpoint
 from stages.paths import CHAT_MODEL, ONNX_DIR, REPORTS, SHARDS, TOKENIZER, TOKENIZER_DIR
@@ -86,28 +87,32 @@ def main() -> None:
             f"int8 bits per byte are {report['int8_bpb_delta_percent']:+.2f}% off fp32 "
             f"(allowed {params.int8_max_bpb_delta_percent}%): set export.int8: false"
         )
+    metrics = read_report(REPORTS / "metrics.json")  # None (card says "not measured") if missing
     card = render_model_card(
-        model.config.to_dict(),
-        model.num_params(),
-        read_report(REPORTS / "metrics.json"),  # None (card says "not measured") if missing
-        report,
-        library_name="onnx",
+        model.config.to_dict(), model.num_params(), metrics, report, library_name="onnx"
     )
     write_text_atomic(ONNX_DIR / "README.md", card)
     with tracking.run("export", run_id=info["run_id"]):
-        tracking.log_metrics({f"export_{k}": v for k, v in report.items()})
-        example = {"input_ids": np.array([prompt], dtype=np.int64)}
-        example.update(
-            {
-                name: np.zeros((1, model.config.n_head, 0, model.config.head_dim), np.float32)
-                for name in cache_names(model.config.n_layer, "past")
-            }
+        tracking.log_metrics({f"export/{k}": v for k, v in report.items()})
+        # A real decoding step as MLflow's input example: the prompt's last token, with the
+        # cache the graph made for the tokens before it.
+        lm = OnnxLM(onnx_path)
+        _, past = lm.forward(np.array([prompt[:-1]]), lm.empty_cache())
+        example = {"input_ids": np.array([prompt[-1:]], dtype=np.int64)}
+        example.update(zip(cache_names(model.config.n_layer, "past"), past, strict=True))
+        score = metrics["oasst"]["bpb"] if metrics else info["metrics"]["val_bpb"]
+        description = (
+            f"{model.num_params():,} parameters, {model.config.n_layer} layers x "
+            f"{model.config.n_embd} wide, context {model.config.block_size}; "
+            f"{tracking.CHAMPION_METRIC} = {score:.4f}; MLflow run {info['run_id']}."
         )
-        version, champion = tracking.log_onnx_model(onnx_path, example, info["metrics"]["val_bpb"])
+        version, champion = tracking.log_onnx_model(onnx_path, example, score, description)
     print(
         f"registered as {tracking.REGISTERED_MODEL} v{version}"
         + (" (champion)" if champion else "")
     )
+    experiment_id = tracking.get_run(info["run_id"]).info.experiment_id
+    print(f"MLflow: `mlflow ui`, then {tracking.ui_url(experiment_id)}")
 
 
 if __name__ == "__main__":

@@ -14,4 +14,5 @@ CHAT_MODEL = Path("models/chat")
 ONNX_DIR = Path("models/onnx")
 CHECKPOINTS = Path("checkpoints")  # resumable training state: git-ignored, not a DVC out
 REPORTS = Path("reports")
-PLOTS = REPORTS / "plots"
+PLOTS = REPORTS / "plots"  # training curves against steps (dvc plots)
+LOCAL_REPORTS = REPORTS / "local"  # timings and environment: differ per machine, git-ignored

@@ -10,8 +10,8 @@ import json
 
 from bardlet.config import load_params
 from bardlet.data.oasst import build_conversations, read_all_messages, tree_split
-from bardlet.data.shards import write_json_atomic
 from bardlet.data.sources import oasst1_sources
+from bardlet.files import write_json_atomic
 from stages.paths import OASST, RAW, REPORTS, SHAKESPEARE
 
 

@@ -30,7 +30,7 @@ def main() -> None:
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **params.model.model_dump())
     model = GPT(config).to(distributed.init())
     print(f"model: {model.num_params():,} parameters; {len(train_tokens):,} training tokens")
-    run_params = {"model": params.model.model_dump(), "pretrain": settings.model_dump()}
+    run_params = {"model": config.to_dict(), "pretrain": settings.model_dump()}
     rank0 = distributed.is_main()  # under torchrun only rank 0 tracks and writes
     # The parent run of every fine-tune of this base model (see bardlet/tracking.py).
     with tracking.run(
@@ -40,7 +40,7 @@ def main() -> None:
         enabled=rank0,
         tokenizer_hash=tokenizer.hash,
     ) as run_id:
-        tracking.log_metrics({"num_params": model.num_params()})
+        tracking.log_metrics({"model/params": model.num_params()})
         for name in ("bpe.json", "tokenizer.json"):
             tracking.log_artifact(TOKENIZER_DIR / name, "tokenizer")
         result = train(

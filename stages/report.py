@@ -1,14 +1,16 @@
-"""Stage `report`: the report card -> reports/report.md and reports/figures/*.png
+"""Stage `report`: the report card -> reports/report.md + reports/figures/*.png (committed,
+the same bytes on every machine) and reports/local/report.md + reports/local/figures/*.png
+(this machine's speed and environment, git-ignored).
 
 Reads what the other stages wrote (nothing is trained or evaluated again; the only
-measurement is a few seconds of ONNX generation for tokens/s) and logs the page and its
-figures to the MLflow run that trained the chat model.
+measurement is a few seconds of ONNX generation for tokens/s, on the local page) and logs
+both pages and their figures to the MLflow run that trained the chat model.
 """
 
 from pathlib import Path
 
 from bardlet.report import ReportPaths, make_report
-from stages.paths import CHAT_MODEL, ONNX_DIR, PLOTS, REPORTS, TOKENIZER
+from stages.paths import CHAT_MODEL, LOCAL_REPORTS, ONNX_DIR, PLOTS, REPORTS, TOKENIZER
 
 REPORT = REPORTS / "report.md"
 FIGURES = REPORTS / "figures"
@@ -24,6 +26,7 @@ def main() -> None:
         params=Path("params.yaml"),
         out=REPORT,
         figures=FIGURES,
+        local=LOCAL_REPORTS,  # where this machine's page and its figures/ go
     )
     for path in make_report(paths, mlflow=True):
         print(f"wrote {path}")

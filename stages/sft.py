@@ -37,7 +37,7 @@ def main() -> None:
     # group under it in MLflow.
     with tracking.run(
         "sft",
-        {"sft": settings.model_dump()},
+        {"model": model.config.to_dict(), "sft": settings.model_dump()},
         tags,
         enabled=rank0,
         parent_run_id=base_run_id,

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from bardlet.config import load_params
 from bardlet.data.chat_template import render
 from bardlet.data.report import data_report
-from bardlet.data.shards import Row, write_json_atomic, write_split
+from bardlet.data.shards import Row, write_split
+from bardlet.files import write_json_atomic
 from bardlet.tokenizer import Tokenizer
 from stages.paths import OASST, REPORTS, SHAKESPEARE, SHARDS, TOKENIZER
 

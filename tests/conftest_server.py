@@ -73,6 +73,33 @@ def build_tiny_model(
     return folder
 
 
+def build_marker_model(folder: Path, tokenizer) -> Path:
+    """folder/model.onnx + bpe.json of a random GPT that often writes special tokens (their
+    output rows scaled up): with Sampling(temperature=1, top_k=0, seed=0) and the prompt
+    <|bos|> "KING:", its first 40 tokens hold <|system|>, then <|end|>, then <|bos|>."""
+    import torch
+
+    from bardlet.export import export_onnx
+    from bardlet.model import GPT, GPTConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(3)
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size,
+        block_size=64,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        tie_embeddings=False,
+    )
+    model = GPT(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight[sorted(tokenizer.special_tokens.values())] *= 12
+    export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": tokenizer.hash})
+    tokenizer.save(folder / "bpe.json")
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import regex
 import torch
+from conftest_server import build_marker_model
 
 from bardlet.chat import Chat
 from bardlet.export import export_onnx
@@ -169,6 +170,22 @@ def test_seeded_sampling_and_stop_strings_equal_the_bardlet_runtime(bundle, stub
     assert run(bundle, stubs, *args, "--stop", stop).stdout == cut + "\n"
     other = run(bundle, stubs, *args[:-1], "8").stdout
     assert other != expected + "\n"
+
+
+def test_plain_text_stops_at_end_and_hides_special_tokens_like_the_runtime(
+    tmp_path, small_tokenizer, stubs
+):
+    folder = build_marker_model(tmp_path, small_tokenizer)  # writes markers and <|end|>
+    shutil.copy(SCRIPT, folder / "onnx_infer.py")
+    lm = OnnxLM(folder)
+    settings = Sampling(temperature=1.0, top_k=0, seed=0)
+    args = ["--prompt", "KING:", "-n", "40", "--temperature", "1", "--top-k", "0", "--seed", "0"]
+    stopped = run(folder, stubs, *args).stdout
+    assert stopped == lm.generate_text("KING:", 40, settings) + "\n"
+    everything = run(folder, stubs, *args, "--ignore-end").stdout
+    assert everything == lm.generate_text("KING:", 40, settings, stop_at_end=False) + "\n"
+    assert len(everything) > len(stopped)
+    assert "<|" not in everything
 
 
 def test_sampling_rules_equal_the_runtime(script):

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest_server import build_marker_model
 
 from bardlet.data.loaders import TokenWindows
 from bardlet.evaluation import measure, token_byte_lengths
@@ -278,3 +279,25 @@ def test_runtime_package_does_not_import_torch_or_onnx():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "clean"
+
+
+def test_plain_text_ends_at_end_and_never_shows_a_special_token(tmp_path, small_tokenizer):
+    lm = OnnxLM(build_marker_model(tmp_path, small_tokenizer), threads=1)
+    tokenizer = lm.tokenizer
+    specials = set(tokenizer.special_tokens.values())
+    end = tokenizer.special_id("<|end|>")
+    settings = Sampling(temperature=1.0, top_k=0, seed=0)
+    ids = [tokenizer.special_id("<|bos|>"), *tokenizer.encode("KING:")]
+    tokens = list(lm.stream(ids, 40, settings))
+    at = tokens.index(end)
+    before, after = tokens[:at], tokens[at + 1 :]
+    # The model does write markers before and after <|end|>, so the checks below can fail.
+    assert specials & set(before) and specials & set(after)
+
+    def text_of(part: list[int]) -> str:
+        return tokenizer.decode([t for t in part if t not in specials])
+
+    assert lm.generate_text("KING:", 40, settings) == text_of(before)
+    everything = lm.generate_text("KING:", 40, settings, stop_at_end=False)
+    assert everything == text_of(tokens)
+    assert not any(name in everything for name in tokenizer.special_tokens)

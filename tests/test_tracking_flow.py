@@ -25,6 +25,13 @@ def test_run_logs_flattened_params_metrics_and_reopens():
     assert run.data.metrics["train_loss"] == 2.5
     assert run.data.metrics["eval.shakespeare.bpb"] == 2.2
     assert tracking.tracking_uri().startswith("sqlite:///")
+    # Named <stage>-<params hash>, in an experiment marked as model training (not GenAI).
+    assert run.info.run_name == f"pretrain-{run.data.tags['params.hash'][:8]}"
+    experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tracking.ui_url(experiment.experiment_id).endswith(
+        f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    )
 
 
 def make_project(root: Path) -> None:
@@ -176,24 +183,36 @@ def test_onnx_model_is_registered_and_champion_moves_only_on_improvement(tmp_pat
     model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16))
     path = tmp_path / "model.onnx"
     export_onnx(model, path, 17, {"tokenizer_hash": "h"})
-    example = {"input_ids": np.array([[1, 2, 3]], dtype=np.int64)}
-    example.update({n: np.zeros((1, 2, 0, 8), np.float32) for n in cache_names(1, "past")})
+    # A decoding step: one new token after a cache of two.
+    example = {"input_ids": np.array([[3]], dtype=np.int64)}
+    example.update({n: np.zeros((1, 2, 2, 8), np.float32) for n in cache_names(1, "past")})
 
     results = []
     for bpb in (2.0, 2.5, 1.5):
         with tracking.run("export"):
-            results.append(tracking.log_onnx_model(path, example, bpb))
+            results.append(tracking.log_onnx_model(path, example, bpb, f"scores {bpb}"))
     versions = [v for v, _ in results]
     assert versions == sorted(versions) and len(set(versions)) == 3
     assert [champion for _, champion in results] == [True, False, True]
     client = mlflow.MlflowClient()
     alias = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION)
     assert int(alias.version) == versions[2]
+    assert alias.description == "scores 1.5"
+    assert alias.tags[tracking.CHAMPION_METRIC] == "1.5"
 
-    # The logged model runs through the generic pyfunc interface with its KV-cache inputs.
-    loaded = mlflow.pyfunc.load_model(f"models:/{tracking.REGISTERED_MODEL}/{versions[0]}")
-    outputs = loaded.predict(example)
-    assert outputs["logits"].shape == (1, 3, 40)
+    # The logged model runs through the generic pyfunc interface with its KV-cache inputs;
+    # the signature leaves batch, sequence and cache length free (a prompt has no cache).
+    loaded = mlflow.pyfunc.load_model(f"models:/{tracking.REGISTERED_MODEL}@champion")
+    shapes = {s.name: s.shape for s in loaded.metadata.get_input_schema().inputs}
+    assert shapes == {
+        "input_ids": (-1, -1),
+        "past.0.key": (-1, 2, -1, 8),
+        "past.0.value": (-1, 2, -1, 8),
+    }
+    assert loaded.predict(example)["logits"].shape == (1, 1, 40)
+    prompt = {"input_ids": np.array([[1, 2, 3]], dtype=np.int64)}
+    prompt.update({n: np.zeros((1, 2, 0, 8), np.float32) for n in cache_names(1, "past")})
+    assert loaded.predict(prompt)["logits"].shape == (1, 3, 40)
 
 
 def test_prefect_yaml_declares_the_deployments_deploy_py_serves(monkeypatch):
@@ -238,3 +257,11 @@ def test_served_deployments_match_the_shared_table(tmp_path):
     assert made["nightly"].parameters == {"workdir": str(tmp_path)}
     assert made["nightly"].schedules[0].schedule.cron == deploy.NIGHTLY_CRON
     assert not made["sweep"].schedules
+
+
+def test_run_names_tell_reruns_and_experiments_apart():
+    tags = {"params.hash": "1a2b3c4d" + "0" * 56}
+    assert tracking.run_name("sft", tags) == "sft-1a2b3c4d"
+    assert tracking.run_name("sft", {**tags, "dvc.exp_name": "bardlet-20260101-0300"}) == (
+        "sft-bardlet-20260101-0300"
+    )

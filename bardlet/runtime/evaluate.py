@@ -8,30 +8,15 @@ from the ONNX graph's logits, so fp32 and int8 exports compare on the same batch
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from bardlet.measures import summarize
 from bardlet.runtime.session import open_session
 
 Batch = tuple[np.ndarray, np.ndarray]  # (inputs, targets), (batch, time); targets -1 = skip
-
-
-def summarize(nats: float, tokens: int, n_bytes: int) -> dict[str, float]:
-    """Loss, perplexity and bits per byte from summed next-token losses (nats), the number of
-    target tokens and the UTF-8 bytes they cover. The one place these formulas live: PyTorch
-    evaluation (bardlet.evaluation) and ONNX evaluation both end here."""
-    if tokens == 0:
-        raise ValueError("no target tokens to evaluate: the validation split is empty")
-    loss = nats / tokens
-    return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
-        "bpb": nats / max(n_bytes, 1) / math.log(2),
-        "tokens": float(tokens),
-    }
 
 
 def token_losses(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -162,15 +162,19 @@ class OnnxLM:
         stop_ids: Sequence[int] = (),
     ) -> Iterator[str]:
         """`stream`, as pieces of text: a character split over several tokens comes out whole,
-        and the text ends just before the first of `settings.stop` (never shown). Text that
-        could be the start of a stop string is held back until it is clear that it is not."""
+        special tokens are left out, and the text ends just before the first of
+        `settings.stop` (never shown). Text that could be the start of a stop string is held
+        back until it is clear that it is not."""
         decode = self.tokenizer.decode
         stops = settings.stop
+        special = set(self.tokenizer.special_tokens.values())
         ids: list[int] = []
         shown = 0
         tokens = self.stream(prompt, max_new_tokens, settings, stop_ids)
         try:
             for token in tokens:
+                if token in special:  # a marker, not text: never shown as "<|end|>"
+                    continue
                 ids.append(token)
                 text = decode(ids)
                 if text.endswith("\ufffd"):  # maybe a character cut in half: wait for more
@@ -203,11 +207,14 @@ class OnnxLM:
         prompt: str,
         max_new_tokens: int,
         settings: Sampling,
-        stop_ids: Sequence[int] = (),
+        stop_at_end: bool = True,
     ) -> str:
-        """Continue plain text (no chat template), ending before any of `settings.stop`."""
+        """Continue plain text (no chat template). It ends where the model writes `<|end|>`
+        (a chat model's end of turn) unless `stop_at_end` is False, and before any of
+        `settings.stop`; special tokens never appear in the text."""
         bos = self.tokenizer.special_id("<|bos|>")
         ids = [bos, *self.tokenizer.encode(prompt)]
+        stop_ids = [self.tokenizer.special_id("<|end|>")] if stop_at_end else []
         return "".join(self.stream_text(ids, max_new_tokens, settings, stop_ids))
 
     def stream_batch(

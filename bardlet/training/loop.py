@@ -78,7 +78,8 @@ def make_optimizer(model: GPT, params: TrainParams, device: torch.device) -> tor
 @dataclass
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per eval
-    final: dict[str, float] = field(default_factory=dict)
+    final: dict[str, float] = field(default_factory=dict)  # the kept weights' numbers
+    speed: dict[str, float] = field(default_factory=dict)  # wall-clock: differs per machine
 
 
 class Interrupted(SystemExit):
@@ -213,7 +214,7 @@ def train(
                 step=step,
                 weights={k: v.detach().clone().contiguous() for k, v in weights.items()},
             )
-        tracking.log_metrics({"val_loss": metrics["loss"], "val_bpb": metrics["bpb"]}, step)
+        tracking.log_metrics({"val/loss": metrics["loss"], "val/bpb": metrics["bpb"]}, step)
         log(f"step {step:>5} | val loss {metrics['loss']:.4f} | val bpb {metrics['bpb']:.4f}")
 
     elapsed_before = result.history[-1]["seconds"] if result.history else 0.0
@@ -256,7 +257,8 @@ def train(
                 tokens_per_s = (done - start_step) * x.numel() * params.grad_accum * world / seconds
                 train_loss = loss_sum / params.grad_accum
                 tracking.log_metrics(
-                    {"train_loss": train_loss, "lr": lr, "tokens_per_s": tokens_per_s}, done
+                    {"train/loss": train_loss, "train/lr": lr, "train/tokens_per_s": tokens_per_s},
+                    done,
                 )
                 eta = seconds / (done - start_step) * (params.max_steps - done)
                 log(
@@ -286,11 +288,14 @@ def train(
         chosen = next(r for r in result.history if r["step"] == best["step"])
     elif ema is not None:
         model.load_state_dict(ema.module.state_dict())
+    # Batches are pure functions of the step, so the first one tells the size of every one.
+    tokens = params.max_steps * params.grad_accum * world * train_data.batch(0)[0].size
     result.final = {
         "val_loss": chosen["val_loss"],
         "val_bpb": chosen["val_bpb"],
         "step": chosen["step"],
-        "train_seconds": last["seconds"],
         "steps": float(params.max_steps),
+        "tokens": tokens,
     }
+    result.speed = {"train_seconds": last["seconds"], "tokens_per_second": tokens / last["seconds"]}
     return result
