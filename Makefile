@@ -17,15 +17,26 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # Stages run `python -m stages.<name>`: that must be the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: pipeline test lint setup clean
+.PHONY: pipeline test lint setup clean lock
 
 setup: $(STAMP)
 
+# torch first, by its exact version: its build differs per machine (the CPU wheel here, CUDA
+# on Linux, Metal on macOS), so it is the one package without hashes in the lock. Then the
+# lock with --require-hashes: pip refuses any file whose sha256 it does not list. --no-deps:
+# the lock is the whole set (pip 23.2 in hash mode would re-resolve pins others ask for with
+# extras and fail); pip check proves nothing is missing. The project is its own call.
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Rewrite requirements.lock from pyproject.toml + requirements.in (needs uv 0.13.9).
+lock:
+	scripts/lock.sh
 
 # DVC needs a git repository and its .dvc/ folder (committed); a copy without git gets both.
 .PHONY: .dvc-ready

@@ -1,50 +1,29 @@
-"""Conversation memory and the terminal chat, on top of the ONNX runtime (no torch here)."""
+"""The terminal chat: `bardlet chat`, a multi-turn conversation with an exported model.
+
+It runs on the ONNX runtime (no torch here): the prompt is fitted to the context by
+`runtime.conversation`, the reply streams through `runtime.generation`, and style presets
+are the ones saved beside the model.
+"""
 
 from __future__ import annotations
 
-import codecs
 import json
-import os
-import tempfile
-from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import asdict
+from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from bardlet.data.chat_template import Message, render_prompt
-from bardlet.runtime import OnnxLM, Sampling
-from bardlet.tokenizer import Tokenizer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-# Named presets of a system prompt plus sampling settings: `/style NAME` in the terminal chat,
-# `GET /v1/styles` on the server, the style menu of the web page. They are set in params.yaml
-# (`chat.styles`); the export stage writes them to styles.json beside the model, so a copied
-# model folder keeps them. A model without that file offers only the sampling defaults.
-STYLES_FILE = "styles.json"
-DEFAULT_STYLE: dict[str, Any] = {"system": None, "temperature": 0.7, "top_k": 40, "top_p": 0.95}
-
-
-def load_styles(model_path: str | Path) -> dict[str, dict[str, Any]]:
-    """The style presets saved beside an exported model, or only `default` without them."""
-    path = Path(model_path)
-    path = (path if path.is_dir() else path.parent) / STYLES_FILE
-    if not path.exists():
-        return {"default": dict(DEFAULT_STYLE)}
-    try:
-        styles = json.loads(path.read_text(encoding="utf-8"))
-        for name, preset in styles.items():
-            unknown = set(preset) - set(DEFAULT_STYLE)
-            if unknown:
-                raise ValueError(f"style {name!r} has unknown keys {sorted(unknown)}")
-    except (ValueError, AttributeError) as error:
-        raise ValueError(
-            f"{path} is not a styles file ({error}): re-run `dvc repro export`"
-        ) from None
-    styles = {"default": {}, **styles}  # `default` is what a chat starts with
-    return {name: {**DEFAULT_STYLE, **preset} for name, preset in styles.items()}
-
+from bardlet.data.chat_template import Message
+from bardlet.files import write_text_atomic
+from bardlet.runtime.conversation import fit_conversation, load_styles
+from bardlet.runtime.generation import Generation
+from bardlet.runtime.sampling import Sampling, Style
+from bardlet.runtime.session import OnnxLM
 
 TRANSCRIPT_FORMAT = "bardlet-chat"
 TRANSCRIPT_VERSION = 1
+MAX_TRANSCRIPT_MESSAGES = 1000  # a saved chat longer than this is refused, not slowly loaded
 
 HELP = """commands:
   /help            this list
@@ -62,67 +41,23 @@ HELP = """commands:
   /exit            leave (or Ctrl-D); Ctrl-C stops a reply"""
 
 
-def special_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
-    """Every special token id: the model emitting one ends a reply."""
-    return tuple(sorted(tokenizer.special_tokens.values()))
+class TranscriptMessage(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str
 
 
-def decode_pieces(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
-    """Text pieces for a stream of token ids, never splitting a UTF-8 character."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for token in ids:
-        piece = decoder.decode(tokenizer.token_bytes(token))
-        if piece:
-            yield piece
-    tail = decoder.decode(b"", final=True)
-    if tail:
-        yield tail
+class Transcript(BaseModel):
+    """A conversation saved with /save: checked by type and range when loaded."""
 
+    model_config = ConfigDict(extra="ignore")
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def fit_conversation(
-    tokenizer: Tokenizer,
-    messages: list[Message],
-    system: str | None,
-    block_size: int,
-    reply_room: int,
-) -> tuple[list[Message], list[int]]:
-    """The newest turns whose prompt leaves `reply_room` tokens of the context for a reply.
-
-    Drops the oldest exchange (user + assistant) until it fits; system messages and the
-    newest message always stay. Returns the kept messages and their prompt ids, or raises
-    ValueError when the newest message alone cannot fit.
-    """
-    turns = [i for i, m in enumerate(messages) if m["role"] != "system"]
-    start = 0  # how many of the oldest turns are dropped
-    while True:
-        dropped = set(turns[:start])
-        kept = [m for i, m in enumerate(messages) if i not in dropped]
-        ids = render_prompt(tokenizer, kept, system)
-        if len(ids) + reply_room <= block_size:
-            return kept, ids
-        if len(turns) - start <= 1:
-            raise ValueError(
-                f"that message is {len(ids)} tokens with the template; the model's context "
-                f"is {block_size} tokens including the reply: please shorten it"
-            )
-        start += 2 if len(turns) - start > 2 else 1
+    format: Literal["bardlet-chat"]
+    version: int = TRANSCRIPT_VERSION
+    style: str | None = None
+    system: str | None = None
+    settings: Sampling = Field(default_factory=lambda: Sampling())
+    max_new_tokens: Annotated[int, Field(ge=1)] = 128
+    messages: list[TranscriptMessage] = Field(max_length=MAX_TRANSCRIPT_MESSAGES)
 
 
 class Chat:
@@ -136,18 +71,20 @@ class Chat:
     def __init__(
         self,
         lm: OnnxLM,
-        settings: Sampling,
+        settings: Sampling | None = None,
         system: str | None = None,
         max_new_tokens: int = 128,
-        styles: dict[str, dict[str, Any]] | None = None,
+        styles: dict[str, Style] | None = None,
     ) -> None:
+        """Starts in the `default` style unless `settings` (and `system`) are given."""
         self.lm = lm
         self.styles = styles if styles is not None else load_styles(lm.path)
-        self.settings = settings
-        self.system = system
+        default = self.styles["default"]
+        self.settings = settings if settings is not None else default.sampling()
+        self.system = system if settings is not None else default.system
         self.max_new_tokens = max_new_tokens
         self.messages: list[Message] = []
-        self.style: str | None = None
+        self.style: str | None = None if settings is not None else "default"
 
     def clear(self) -> None:
         self.messages = []
@@ -156,14 +93,9 @@ class Chat:
         """Use one of the style presets: its system prompt and sampling settings."""
         if name not in self.styles:
             raise ValueError(f"unknown style {name!r}; choose one of {', '.join(self.styles)}")
-        preset = self.styles[name]
-        self.system = preset.get("system")
-        self.settings = Sampling(
-            temperature=float(preset.get("temperature", self.settings.temperature)),
-            top_k=int(preset.get("top_k", self.settings.top_k)),
-            top_p=float(preset.get("top_p", self.settings.top_p)),
-            seed=self.settings.seed,
-        )
+        style = self.styles[name]
+        self.system = style.system
+        self.settings = style.sampling().model_copy(update={"seed": self.settings.seed})
         self.style = name
 
     def _prompt(self) -> list[int]:
@@ -183,11 +115,11 @@ class Chat:
         except ValueError:
             self.messages.pop()
             raise
-        tokenizer = self.lm.tokenizer
-        tokens = self.lm.stream(prompt, self.max_new_tokens, self.settings, special_ids(tokenizer))
+        stop_ids = sorted(self.lm.tokenizer.special_tokens.values())  # any marker ends a turn
+        generation = Generation(self.lm, prompt, self.max_new_tokens, self.settings, stop_ids)
         shown: list[str] = []
         try:
-            for piece in decode_pieces(tokenizer, tokens):
+            for piece in generation.pieces():
                 shown.append(piece)
                 yield piece
         finally:
@@ -201,55 +133,37 @@ class Chat:
             "version": TRANSCRIPT_VERSION,
             "style": self.style,
             "system": self.system,
-            "settings": asdict(self.settings),
+            "settings": self.settings.model_dump(),
             "max_new_tokens": self.max_new_tokens,
             "messages": list(self.messages),
         }
 
     def save(self, path: str | Path) -> None:
-        write_json_atomic(Path(path), self.to_dict())
+        write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n")
 
     def load(self, path: str | Path) -> None:
         """Replace the conversation with a saved one; on any error nothing changes."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_bytes())
         except OSError as error:
             raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except ValueError as error:  # not JSON, or not UTF-8
             raise ValueError(f"{path} is not a JSON transcript: {error}") from None
         if not isinstance(data, dict) or data.get("format") != TRANSCRIPT_FORMAT:
             raise ValueError(f"{path} is not a bardlet chat transcript (saved with /save)")
-        messages = data.get("messages")
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict)
-            and m.get("role") in ("user", "assistant")
-            and isinstance(m.get("content"), str)
-            for m in messages
-        ):
+        try:
+            transcript = Transcript.model_validate(data)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
             raise ValueError(
-                f"{path}: 'messages' must be a list of {{role: user|assistant, content: str}}"
-            )
-        system = data.get("system")
-        if system is not None and not isinstance(system, str):
-            raise ValueError(f"{path}: 'system' must be a string or null")
-        settings = self.settings
-        raw = data.get("settings")
-        if isinstance(raw, dict):
-            try:
-                settings = Sampling(
-                    temperature=float(raw.get("temperature", settings.temperature)),
-                    top_k=int(raw.get("top_k", settings.top_k)),
-                    top_p=float(raw.get("top_p", settings.top_p)),
-                    seed=None if raw.get("seed") is None else int(raw["seed"]),
-                )
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: 'settings' has a value of the wrong type") from None
-        self.messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-        self.system = system
-        self.settings = settings
-        style = data.get("style")
-        self.style = style if isinstance(style, str) else None
+                f"{path}: {where}: {first['msg']} (got {str(first.get('input'))[:80]!r})"
+            ) from None
+        self.messages = [m.model_dump() for m in transcript.messages]
+        self.system = transcript.system
+        self.settings = transcript.settings
+        self.style = transcript.style
 
 
 def _describe(chat: Chat) -> str:
@@ -287,7 +201,7 @@ def command(chat: Chat, line: str) -> str | None:
     if name == "/settings":
         return _describe(chat)
     if name == "/temp":
-        s.temperature = _number(float, arg, "/temp", 0.0, 10.0)
+        s.temperature = _number(float, arg, "/temp", 0.0, 2.0)
         return f"(temperature {s.temperature:g})"
     if name == "/topk":
         s.top_k = _number(int, arg, "/topk", 0, 1_000_000)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from bardlet.tokenizer.cli import app as tokenizer_app
 
 if TYPE_CHECKING:
-    from bardlet.runtime import OnnxLM
+    from bardlet.runtime.sampling import Style
+    from bardlet.runtime.session import OnnxLM
 
 app = typer.Typer(
     help="bardlet: train your own small GPT chatbot from scratch (see README.md).",
@@ -34,31 +34,60 @@ ModelOption = Annotated[
 DEFAULT_MODEL = Path("models/onnx/model.onnx")
 
 
+StyleOption = Annotated[
+    str,
+    typer.Option(
+        "--style",
+        help="A preset of system prompt + sampling (params.yaml `chat.styles`, saved beside "
+        "the model: default, shakespeare, helpful, terse, ...); options given explicitly win.",
+    ),
+]
+FromStyle = "from --style"
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="Text for the model to continue.")],
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1)] = 100,
-    seed: Annotated[int, typer.Option("--seed", "-s", help="Same seed, same text.")] = 0,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0)] = 0.8,
-    top_k: Annotated[int, typer.Option("--top-k", min=0)] = 50,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", "-s", min=0, help="Same seed, same text.")] = 0,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", "-t", show_default=FromStyle)
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", show_default=FromStyle)] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", show_default=FromStyle)] = None,
+    style: StyleOption = "default",
+    as_chat: Annotated[
+        bool,
+        typer.Option(
+            "--chat",
+            help="Answer PROMPT as a user message (the chat template, the style's "
+            "system prompt) instead of continuing it as plain text.",
+        ),
+    ] = False,
     ignore_end: Annotated[
         bool,
         typer.Option(
             "--ignore-end",
-            help="Keep going past <|end|> (where a chat model ends its turn) up to "
-            "--max-new-tokens; special tokens are never printed either way.",
+            help="Plain text: keep going past <|end|> (where a chat model ends its turn) up "
+            "to --max-new-tokens; special tokens are never printed either way.",
         ),
     ] = False,
     model: ModelOption = DEFAULT_MODEL,
 ) -> None:
-    """Continue PROMPT and print only the generated text (it ends at <|end|>)."""
-    from bardlet.runtime import Sampling
+    """Continue PROMPT (or, with --chat, answer it) and print only the generated text."""
+    from bardlet.data.chat_template import render_prompt
+    from bardlet.runtime.generation import Generation, continue_text
 
     lm = _load(model)
-    settings = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    text = lm.generate_text(prompt, max_new_tokens, settings, stop_at_end=not ignore_end)
-    sys.stdout.write(text + "\n")
+    chosen = _style(lm, style, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if as_chat:
+        messages = [{"role": "user", "content": prompt}]
+        ids = render_prompt(lm.tokenizer, messages, chosen.system)
+        specials = sorted(lm.tokenizer.special_tokens.values())
+        generation = Generation(lm, ids, max_new_tokens, chosen.sampling(), specials)
+    else:
+        generation = continue_text(lm, prompt, max_new_tokens, chosen.sampling(), not ignore_end)
+    sys.stdout.write(generation.text() + "\n")
 
 
 @app.command()
@@ -66,48 +95,23 @@ def chat(
     model: ModelOption = DEFAULT_MODEL,
     system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
     temperature: Annotated[
-        float | None, typer.Option("--temperature", "-t", min=0.0, show_default="from --style")
+        float | None, typer.Option("--temperature", "-t", show_default=FromStyle)
     ] = None,
-    top_k: Annotated[
-        int | None, typer.Option("--top-k", min=0, show_default="from --style")
-    ] = None,
-    top_p: Annotated[
-        float | None, typer.Option("--top-p", min=0.0, max=1.0, show_default="from --style")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", "-s")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", show_default=FromStyle)] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", show_default=FromStyle)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", "-s", min=0)] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1)] = 128,
-    style: Annotated[
-        str,
-        typer.Option(
-            "--style",
-            help="A preset of system prompt + sampling (params.yaml `chat.styles`, saved "
-            "beside the model: shakespeare, helpful, terse, ...); options given explicitly win.",
-        ),
-    ] = "default",
+    style: StyleOption = "default",
 ) -> None:
     """Chat with the model in the terminal (multi-turn; /help for commands)."""
-    from bardlet.chat import STYLES_FILE, Chat, repl
-    from bardlet.runtime import Sampling
+    from bardlet.chat import Chat, repl
 
     lm = _load(model)
-    try:
-        session = Chat(lm, Sampling(seed=seed), max_new_tokens=max_new_tokens)
-    except ValueError as error:  # a broken styles.json
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=2) from None
-    if style not in session.styles:
-        choices = ", ".join(session.styles)
-        if not (lm.path.parent / STYLES_FILE).exists():
-            choices += f" (no {STYLES_FILE} beside the model: `dvc repro export` writes it)"
-        typer.echo(f"error: unknown style {style!r}; choose one of {choices}", err=True)
-        raise typer.Exit(code=2)
-    session.apply_style(style)
-    explicit = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-    for name, value in explicit.items():
-        if value is not None:
-            setattr(session.settings, name, value)
-    if system is not None:
-        session.system = system
+    chosen = _style(
+        lm, style, system=system, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
+    session = Chat(lm, chosen.sampling(), chosen.system, max_new_tokens)
+    session.style = style
     if sys.stdin.isatty():
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (line editing and history for input())
@@ -116,7 +120,7 @@ def chat(
 
 @app.command()
 def serve(
-    model: ModelOption = Path("models/onnx/model.onnx"),
+    model: ModelOption = DEFAULT_MODEL,
     host: Annotated[
         str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")
     ] = "127.0.0.1",
@@ -133,26 +137,41 @@ def serve(
     threads: Annotated[
         int, typer.Option("--threads", min=0, help="ONNX Runtime threads (0 = all cores).")
     ] = 0,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            "--read-timeout",
+            min=0.1,
+            help="Seconds a client may take to send a request's head, and then its body; "
+            "slower connections are closed (a slow client cannot hold a socket forever).",
+        ),
+    ] = 10.0,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Serve the model: OpenAI-compatible HTTP API under /v1 and a chat page at /."""
     import uvicorn
 
-    from bardlet.server import create_app
+    from bardlet.server.app import LOOPBACK_HOSTS, DeadlineH11Protocol, create_app
 
     lm = _load(model, threads=threads)
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if not loopback and not api_key:
         typer.echo(
             f"warning: serving on {host} without an API key: anyone who can reach it can use it",
             err=True,
         )
     try:
-        app_ = create_app(lm, api_key=api_key or None)
+        # On loopback only local names are served: a web page elsewhere cannot reach the API
+        # through a DNS name that resolves to 127.0.0.1 (DNS rebinding).
+        hosts = LOOPBACK_HOSTS if loopback else ()
+        app_ = create_app(
+            lm, api_key=api_key or None, allowed_hosts=hosts, read_timeout=read_timeout
+        )
     except ValueError as error:  # a broken styles.json
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=2) from None
+        _fail(error)
+    protocol = type("Protocol", (DeadlineH11Protocol,), {"read_timeout": read_timeout})
     typer.echo(f"bardlet: http://{host}:{port}/  (API at /v1, schema at /openapi.json)", err=True)
-    uvicorn.run(app_, host=host, port=port, log_level=log_level.lower())
+    uvicorn.run(app_, host=host, port=port, log_level=log_level.lower(), http=protocol)
 
 
 @app.command("export-hf")
@@ -229,32 +248,61 @@ def report(
         typer.echo(f"wrote {path}")
 
 
+def _fail(message: object) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
 def _load(model: Path, threads: int = 0) -> OnnxLM:
     # Imported here so that `bardlet --help` and the tokenizer commands start fast.
-    from bardlet.runtime import OnnxLM
+    from bardlet.runtime.session import OnnxLM
 
     try:
         if (model / "model.safetensors").exists():  # a training checkpoint, not an export
             model = _export_checkpoint(model)
         return OnnxLM(model, threads=threads)
     except (FileNotFoundError, ValueError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=2) from None
+        _fail(error)
+
+
+def _style(lm: OnnxLM, name: str, **explicit: Any) -> Style:
+    """The preset `name` from styles.json beside the model, with the options given explicitly
+    (None = the preset's value), checked by type and range."""
+    from pydantic import ValidationError
+
+    from bardlet.runtime.conversation import STYLES_FILE, load_styles
+
+    try:
+        styles = load_styles(lm.path)
+    except ValueError as error:  # a broken styles.json
+        _fail(error)
+    if name not in styles:
+        choices = ", ".join(styles)
+        if not (lm.path.parent / STYLES_FILE).exists():
+            choices += f" (no {STYLES_FILE} beside the model: `dvc repro export` writes it)"
+        _fail(f"unknown style {name!r}; choose one of {choices}")
+    updates = {key: value for key, value in explicit.items() if value is not None}
+    try:
+        return type(styles[name]).model_validate({**styles[name].model_dump(), **updates})
+    except ValidationError as error:
+        first = error.errors()[0]
+        _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
 
 
 def _export_checkpoint(folder: Path, tokenizer_dir: Path = Path("models/tokenizer")) -> Path:
     """Export a training checkpoint (models/base, models/chat, ...) to a temporary ONNX folder,
     so chat and serve can try any checkpoint without the export stage. This path needs
-    PyTorch; the exported model in models/onnx does not."""
+    PyTorch and the project's params.yaml; the exported model in models/onnx does not."""
     import atexit
     import shutil
     import tempfile
 
     from bardlet.config import load_params
-    from bardlet.export import export_onnx
+    from bardlet.export import write_model_folder
     from bardlet.tokenizer import Tokenizer
     from bardlet.training import checkpoint
 
+    params = load_params()
     network, info = checkpoint.load(folder)
     tokenizer = Tokenizer.load(tokenizer_dir / "bpe.json")
     if tokenizer.hash != info.get("tokenizer_hash"):
@@ -265,13 +313,9 @@ def _export_checkpoint(folder: Path, tokenizer_dir: Path = Path("models/tokenize
     out = Path(tempfile.mkdtemp(prefix="bardlet-onnx-"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     typer.echo(f"(exporting {folder} to ONNX for this session)", err=True)
-    metadata = {"tokenizer_hash": tokenizer.hash, "special_tokens": tokenizer.special_tokens}
-    export_onnx(network, out / "model.onnx", 17, metadata)
-    tokenizer.save(out / "bpe.json")
-    with contextlib.suppress(ValueError):  # the style presets, if a valid params.yaml is here
-        styles = load_params().chat.styles
-        (out / "styles.json").write_text(json.dumps({k: v.model_dump() for k, v in styles.items()}))
-    return out
+    return write_model_folder(
+        network, tokenizer, out, params.export.opset, params.chat.styles, info.get("run_id")
+    )
 
 
 if __name__ == "__main__":

@@ -8,17 +8,65 @@ key (`model.n_embd`) and what is allowed, instead of a crash twenty minutes into
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 PARAMS_FILE = Path("params.yaml")
+MAX_STOP = 4  # stop strings per request, as OpenAI allows
+Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+
+
+class Sampling(BaseModel):
+    """How to pick each token (bardlet/runtime/sampling.py applies it); every field is checked
+    when set. The defaults change nothing: the model's own distribution. A chat's actual
+    settings come from a style in params.yaml (`chat.styles`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    temperature: float = Field(default=1.0, ge=0, le=2, description="0 = greedy")
+    top_k: StrictInt = Field(default=0, ge=0, description="keep the k most likely tokens (0 = all)")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="keep the smallest set reaching p")
+    min_p: float = Field(
+        default=0.0, ge=0, lt=1, description="drop tokens below min_p x the top one"
+    )
+    repetition_penalty: float = Field(
+        default=1.0, gt=0, le=10, description="> 1: avoid seen tokens"
+    )
+    seed: Seed | None = Field(default=None, description="the same seed gives the same text")
+    stop: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        default=(), max_length=MAX_STOP, description="the text ends before the first of these"
+    )
+
+
+class Style(Sampling):
+    """A chat style preset: a system prompt plus sampling settings."""
+
+    system: str | None = None
+
+    def sampling(self) -> Sampling:
+        return Sampling(**self.model_dump(exclude={"system"}))
 
 
 class Section(BaseModel):
-    # extra="forbid": a misspelt key is an error, not a silently ignored setting.
+    # extra="forbid": a misspelt key is an error, not a silently ignored setting. No field has
+    # a default: the values live in params.yaml only, these classes hold types and bounds.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Whole numbers and switches must be written as such: `max_steps: true` or `n_layer: 4.5`
+# is an error, not 1 or 4.
+Count = Annotated[StrictInt, Field(gt=0)]
+Switch = StrictBool
 
 
 class SourceParams(Section):
@@ -26,46 +74,39 @@ class SourceParams(Section):
     path: str = Field(description="file path inside data/raw and inside a mirror")
     url: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(gt=0)
+    size: Count
 
 
 class DownloadParams(Section):
     sources: list[SourceParams]
-    oasst1_full: bool = False  # the full OASST1 Parquet release instead of the mirrored slice
+    oasst1_full: Switch  # the full OASST1 Parquet release instead of the mirrored slice
 
 
 class PrepareParams(Section):
-    shakespeare_val_fraction: float = Field(0.1, gt=0, lt=1)
-    oasst_lang: str = "en"
-    oasst_mode: Literal["best", "all"] = "best"
-    oasst_val_percent: float = Field(10.0, gt=0, lt=100)
+    shakespeare_val_fraction: float = Field(gt=0, lt=1)
+    oasst_lang: str
+    oasst_mode: Literal["best", "all"]
+    oasst_val_percent: float = Field(gt=0, lt=100)
 
 
 class TokenizerParams(Section):
-    vocab_size: int = Field(4096, ge=262, le=65536)
-    special_tokens: list[str] = [
-        "<|bos|>",
-        "<|system|>",
-        "<|user|>",
-        "<|assistant|>",
-        "<|end|>",
-        "<|pad|>",
-    ]
+    vocab_size: StrictInt = Field(ge=262, le=65536)
+    special_tokens: list[str]
 
 
 class ShardParams(Section):
-    rows_per_file: int = Field(50_000, gt=0)
-    row_group_size: int = Field(1024, gt=0)
+    rows_per_file: Count
+    row_group_size: Count
 
 
 class ModelParams(Section):
-    n_layer: int = Field(4, ge=1)
-    n_head: int = Field(4, ge=1)
-    n_embd: int = Field(128, ge=8)
-    block_size: int = Field(256, ge=8)
-    mlp_ratio: float = Field(8 / 3, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    tie_embeddings: bool = True
+    n_layer: Count
+    n_head: Count
+    n_embd: StrictInt = Field(ge=8)
+    block_size: StrictInt = Field(ge=8)
+    mlp_ratio: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    tie_embeddings: Switch
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelParams:
@@ -81,61 +122,55 @@ class ModelParams(Section):
 class TrainParams(Section):
     """Shared by `pretrain` and `sft`: the same loop trains both."""
 
-    max_steps: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    grad_accum: int = Field(1, gt=0)
-    learning_rate: float = Field(gt=0)
-    schedule: Literal["cosine", "wsd"] = "cosine"
-    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps decaying")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    grad_clip: float = Field(1.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    ema_decay: float = Field(
-        0.0, ge=0, lt=1, description="evaluate and keep an exponential moving average; 0 = off"
-    )
-    eval_interval: int = Field(100, gt=0)
-    eval_batches: int = Field(20, gt=0)
-    log_interval: int = Field(10, gt=0)
-    keep_best: bool = True
-    checkpoint_interval: int = Field(100, gt=0)
-    keep_checkpoints: int = Field(2, gt=0)
-    resume: Literal["auto", "never"] = "auto"
-    seed: int = 1337
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+    max_steps: Count
+    batch_size: Count
+    grad_accum: Count
+    # Above 1 no run of this model converges; a typo such as 1e6 would train on NaNs.
+    learning_rate: float = Field(gt=0, le=1)
+    schedule: Literal["cosine", "wsd"]
+    decay_fraction: float = Field(gt=0, le=1, description="wsd: share of steps decaying")
+    min_lr_ratio: float = Field(ge=0, le=1)
+    warmup_steps: StrictInt = Field(ge=0)
+    weight_decay: float = Field(ge=0, le=10)
+    grad_clip: float = Field(ge=0)
+    label_smoothing: float = Field(ge=0, lt=1)
+    ema_decay: float = Field(ge=0, lt=1, description="average the weights; 0 = off")
+    eval_interval: Count
+    eval_batches: Count
+    log_interval: Count
+    keep_best: Switch
+    checkpoint_interval: Count
+    keep_checkpoints: Count
+    resume: Literal["auto", "never"]
+    seed: StrictInt
+    threads: StrictInt = Field(ge=0, description="torch CPU threads; 0 = torch's default")
 
 
 class EvaluateParams(Section):
-    eval_batches: int = Field(50, gt=0)
+    eval_batches: Count
     prompts: list[str]
-    max_new_tokens: int = Field(64, gt=0)
-    temperature: float = Field(0.8, ge=0)
-    top_k: int = Field(50, ge=0)
-    seed: int = 1234
-    rouge_conversations: int = Field(20, ge=0)
+    max_new_tokens: Count
+    # The sampled replies in samples.md (the greedy ones need none).
+    temperature: float = Field(gt=0, le=2)
+    top_k: StrictInt = Field(ge=0)
+    seed: StrictInt = Field(ge=0)
+    rouge_conversations: StrictInt = Field(ge=0)
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_k=self.top_k, seed=self.seed)
 
 
 class ExportParams(Section):
-    opset: int = Field(17, ge=17)
-    parity_steps: int = Field(32, ge=1)
-    parity_tolerance: float = Field(1e-4, gt=0)
-    int8: bool = True
-    int8_max_bpb_delta_percent: float = Field(2.0, gt=0)
-    bpb_batches: int = Field(20, ge=1)
-
-
-class StyleParams(Section):
-    """A chat style preset: a system prompt plus sampling settings."""
-
-    system: str | None = None
-    temperature: float = Field(0.7, ge=0, le=2)
-    top_k: int = Field(40, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
+    opset: StrictInt = Field(ge=17)
+    parity_steps: Count
+    parity_tolerance: float = Field(gt=0)
+    int8: Switch
+    int8_max_bpb_delta_percent: float = Field(gt=0)
+    bpb_batches: Count
 
 
 class ChatParams(Section):
-    styles: dict[str, StyleParams]
+    styles: dict[str, Style]  # the one type the chat, the server and the page use
 
     @model_validator(mode="after")
     def _has_default(self) -> ChatParams:

@@ -1,4 +1,4 @@
-"""Honest metrics: loss, perplexity and bits per byte, plus sample replies and ROUGE-L.
+"""Honest metrics of a PyTorch model: loss, perplexity and bits per byte; and ROUGE-L.
 
 Bits per byte = (sum of next-token losses in nats) / (UTF-8 bytes those tokens cover) / ln 2.
 Dividing by bytes instead of tokens makes the number independent of the tokenizer, so a
@@ -17,15 +17,6 @@ import torch.nn.functional as F
 from bardlet.data.loaders import Batch
 from bardlet.measures import summarize
 from bardlet.model import GPT
-from bardlet.tokenizer import Tokenizer
-
-
-def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
-    """Length in UTF-8 bytes of every token id; special tokens count 0 (they are not text)."""
-    lengths = [len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)]
-    for special in tokenizer.special_tokens.values():
-        lengths[special] = 0
-    return np.array(lengths, dtype=np.int64)
 
 
 @torch.no_grad()

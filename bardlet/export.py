@@ -9,14 +9,14 @@ the runtime needs nothing but the .onnx file and the tokenizer.
 `quantize_int8` writes the int8 variant (`model.int8.onnx`): weights stored as int8 with a
 scale per output channel, activations quantized on the fly (onnxruntime's dynamic
 quantization). About 3.5x smaller; measure its quality with
-`bardlet.runtime.measure_onnx_bpb` against the fp32 graph on the same batches.
+`bardlet.runtime.evaluate.measure_onnx_bpb` against the fp32 graph on the same batches.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,13 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
+from bardlet.files import atomic_path, write_json_atomic
 from bardlet.model import GPT, KVCache
-
-METADATA_KEY = "bardlet"
+from bardlet.runtime.conversation import STYLES_FILE
+from bardlet.runtime.sampling import Style
+from bardlet.runtime.session import METADATA_KEY, TOKENIZER_FILE
+from bardlet.tokenizer import Tokenizer
+from bardlet.tokenizer.hf import export_hf
 
 
 class _WithFlatCache(nn.Module):
@@ -66,8 +70,7 @@ def export_onnx(model: GPT, path: Path, opset: int, metadata: dict[str, Any]) ->
     }
     dynamic_axes.update({name: {0: "batch", 2: "past_seq"} for name in inputs})
     dynamic_axes.update({name: {0: "batch", 2: "total_seq"} for name in outputs})
-    tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic we intend
         torch.onnx.export(
             _WithFlatCache(model),
@@ -79,13 +82,37 @@ def export_onnx(model: GPT, path: Path, opset: int, metadata: dict[str, Any]) ->
             opset_version=opset,
             dynamo=False,  # the TorchScript exporter: ~1 s, handles the empty past cleanly
         )
-    proto = onnx.load(str(tmp))
-    entry = proto.metadata_props.add()
-    entry.key = METADATA_KEY
-    entry.value = json.dumps({"model": config.to_dict(), **metadata}, sort_keys=True)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key = METADATA_KEY
+        entry.value = json.dumps({"model": config.to_dict(), **metadata}, sort_keys=True)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+
+
+def write_model_folder(
+    model: GPT,
+    tokenizer: Tokenizer,
+    folder: Path,
+    opset: int,
+    styles: Mapping[str, Style],
+    run_id: str | None = None,
+) -> Path:
+    """Everything the runtime needs, in `folder`: model.onnx (config, tokenizer hash, special
+    ids and the MLflow run inside as metadata), the tokenizer (bpe.json, and tokenizer.json
+    for Hugging Face) and the chat style presets (styles.json). Returns model.onnx's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "tokenizer_hash": tokenizer.hash,
+        "special_tokens": tokenizer.special_tokens,
+        "run_id": run_id,
+    }
+    export_onnx(model, folder / "model.onnx", opset, metadata)
+    tokenizer.save(folder / TOKENIZER_FILE)
+    export_hf(tokenizer, folder / "tokenizer.json")
+    presets = {name: style.model_dump() for name, style in styles.items()}
+    write_json_atomic(folder / STYLES_FILE, presets)
+    return folder / "model.onnx"
 
 
 def _torch_steps(model: GPT, prompt: list[int], steps: int) -> list[np.ndarray]:
@@ -106,7 +133,8 @@ def _torch_steps(model: GPT, prompt: list[int], steps: int) -> list[np.ndarray]:
 
 def check_parity(model: GPT, onnx_path: Path, prompt: list[int], steps: int) -> float:
     """Largest absolute logit difference between PyTorch and onnxruntime over a prompt and
-    `steps` incremental steps that both feed their own KV cache back in."""
+    `steps` incremental steps that both feed their own KV cache back in; NaN when either side
+    computes a non-finite logit (a model trained into NaN)."""
     model = model.cpu().eval()
     expected = _torch_steps(model, prompt, steps)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -119,7 +147,10 @@ def check_parity(model: GPT, onnx_path: Path, prompt: list[int], steps: int) -> 
     worst = 0.0
     for reference in expected:
         logits, *present = session.run(None, feeds)
-        worst = max(worst, float(np.abs(logits[0] - reference).max()))
+        difference = float(np.abs(logits[0] - reference).max())
+        if not np.isfinite(difference):  # NaN weights: max(0.0, nan) would say 0.0
+            return float("nan")
+        worst = max(worst, difference)
         feeds = dict(zip(cache_names(config.n_layer, "past"), present, strict=True))
         # Feed PyTorch's choice so both sides see the same tokens even if argmax ties differ.
         feeds["input_ids"] = reference[-1:].argmax(-1).reshape(1, 1).astype(np.int64)
@@ -139,8 +170,7 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
     meta = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY not in meta:
         raise ValueError(f"{src} has no bardlet metadata: export it with export_onnx first")
-    tmp = dst.with_name(dst.name + ".tmp")
-    with warnings.catch_warnings():
+    with atomic_path(dst) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(
             str(src),
@@ -149,14 +179,13 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
             per_channel=per_channel,
             extra_options={"MatMulConstBOnly": True},
         )
-    quantized = onnx.load(str(tmp))
-    info = json.loads(meta[METADATA_KEY])
-    info["quantization"] = "int8-dynamic" + ("-per-channel" if per_channel else "")
-    del quantized.metadata_props[:]
-    for key, value in meta.items():
-        entry = quantized.metadata_props.add()
-        entry.key = key
-        entry.value = json.dumps(info, sort_keys=True) if key == METADATA_KEY else value
-    onnx.checker.check_model(quantized)
-    onnx.save(quantized, str(tmp))
-    os.replace(tmp, dst)
+        quantized = onnx.load(str(tmp))
+        info = json.loads(meta[METADATA_KEY])
+        info["quantization"] = "int8-dynamic" + ("-per-channel" if per_channel else "")
+        del quantized.metadata_props[:]
+        for key, value in meta.items():
+            entry = quantized.metadata_props.add()
+            entry.key = key
+            entry.value = json.dumps(info, sort_keys=True) if key == METADATA_KEY else value
+        onnx.checker.check_model(quantized)
+        onnx.save(quantized, str(tmp))

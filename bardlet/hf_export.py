@@ -18,12 +18,12 @@ safetensors, and read the same way: nothing is ever unpickled.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bardlet.model_card import render_model_card, write_text_atomic
+from bardlet.files import atomic_path, write_text_atomic
+from bardlet.model_card import render_model_card
 from bardlet.tokenizer import Tokenizer
 from bardlet.tokenizer.hf import to_hf_dict
 
@@ -204,9 +204,8 @@ def tokenizer_config(tokenizer: Tokenizer, model: GPT) -> dict[str, Any]:
 def _write_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})  # transformers checks "format"
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})  # transformers checks "format"
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

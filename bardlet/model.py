@@ -24,16 +24,19 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class GPTConfig:
+    """The model's shape: params.yaml's `model` section plus the tokenizer's vocabulary size
+    (`GPTConfig(vocab_size=..., **params.model.model_dump())`)."""
+
     vocab_size: int
-    block_size: int = 256  # longest context the model is trained (and rotary tables built) for
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    mlp_ratio: float = 8 / 3  # SwiGLU hidden width = ratio * n_embd, rounded up to 32
-    dropout: float = 0.0  # on each residual branch's output while training
-    tie_embeddings: bool = True  # the output head reuses the token embedding matrix
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
+    block_size: int  # longest context the model is trained (and rotary tables built) for
+    n_layer: int
+    n_head: int
+    n_embd: int
+    mlp_ratio: float  # SwiGLU hidden width = ratio * n_embd, rounded up to 32
+    dropout: float  # on each residual branch's output while training
+    tie_embeddings: bool  # the output head reuses the token embedding matrix
+    rope_theta: float = 10000.0  # fixed: rotary embeddings' base, as in Llama
+    norm_eps: float = 1e-5  # fixed: RMSNorm's epsilon
 
     @property
     def head_dim(self) -> int:
@@ -220,47 +223,3 @@ class GPT(nn.Module):
                 logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1
             )
         return logits, loss, present
-
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: list[int],
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        stop_ids: tuple[int, ...] = (),
-        generator: torch.Generator | None = None,
-    ) -> list[int]:
-        """Sample up to max_new_tokens after the prompt `idx` with the KV cache.
-
-        temperature 0 means greedy. The prompt is cut from the left so that prompt + reply
-        fit in block_size (rotary tables stop there).
-        """
-        room = self.config.block_size - 1
-        max_new_tokens = min(max_new_tokens, room)
-        idx = idx[-(room - max_new_tokens + 1) :]
-        device = self.rope_cos.device
-        tokens = torch.tensor([idx], dtype=torch.long, device=device)
-        past: KVCache | None = None
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            logits, _, past = self(tokens, past=past)
-            next_id = sample_token(logits[0, -1].float(), temperature, top_k, generator)
-            if next_id in stop_ids:
-                break
-            out.append(next_id)
-            tokens = torch.tensor([[next_id]], dtype=torch.long, device=device)
-        return out
-
-
-def sample_token(
-    logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None
-) -> int:
-    if temperature <= 0:
-        return int(logits.argmax())
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))

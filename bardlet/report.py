@@ -12,7 +12,6 @@ needs torch, and a missing or broken input blanks only its own section ("not ava
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.metadata
 import io
 import json
@@ -32,7 +31,8 @@ from typing import Any
 
 import yaml
 
-from bardlet.files import write_bytes_atomic  # every page and figure: temp file, fsync, rename
+from bardlet.files import git, sha256_json, write_bytes_atomic
+from bardlet.markdown import fenced, fmt, fmt_bytes, table
 
 NA = "not available"
 STAGES = ("pretrain", "sft")
@@ -154,43 +154,6 @@ class Inputs:
         return _get(self.results, *keys)
 
 
-def fmt(value: Any, digits: int = 4) -> str:
-    """Integers with thousands separators, floats to `digits` significant places (whole
-    numbers from 1,000 up), tiny or huge ones in scientific notation; None is n/a."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-        return f"{int(value):,}"
-    if isinstance(value, float):
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e9):
-            return f"{value:.{digits - 1}e}"
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}g}"
-    return str(value)
-
-
-def fmt_bytes(n: Any) -> str:
-    if not isinstance(n, int | float):
-        return "n/a"
-    power = min(3, int(math.log10(abs(n)) // 3)) if abs(n) >= 1000 else 0  # B, KB, MB, GB
-    return f"{n / 1000**power:.{min(power, 1)}f} {('B', 'KB', 'MB', 'GB')[power]}"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table; cells are formatted with `fmt` unless already strings."""
-    cells = [[c if isinstance(c, str) else fmt(c) for c in row] for row in rows]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
-    return "\n".join(lines)
-
-
-def fenced(text: str) -> str:
-    """`text` in a code fence longer than any run of backticks inside it."""
-    ticks = "`" * max([3, *(len(run) + 1 for run in re.findall("`+", text))])
-    return f"{ticks}text\n{text}\n{ticks}"
-
-
 def missing(what: str, hint: str) -> str:
     """The one way to say an input is not there: what is missing, and what makes it."""
     return f"_{NA}: {what} ({hint})._"
@@ -293,16 +256,17 @@ def plot_lengths(data: Json | None) -> Any:
 def onnx_speed(model_path: Path, new_tokens: int = SPEED_TOKENS, repeats: int = 3) -> Json | None:
     """Greedy generation speed: the median of `repeats` timings of `new_tokens` tokens after a
     warm-up (well under a second on a laptop CPU). None without a (working) model."""
-    from bardlet.runtime import OnnxLM, Sampling
+    from bardlet.runtime.sampling import Sampling
+    from bardlet.runtime.session import OnnxLM
 
     try:
         lm, greedy = OnnxLM(model_path), Sampling(temperature=0.0)
         prompt = [lm.tokenizer.special_id("<|bos|>"), *lm.tokenizer.encode(SPEED_PROMPT)]
-        lm.generate(prompt, 8, greedy)  # warm-up: the first runs allocate
+        list(lm.stream(prompt, 8, greedy))  # warm-up: the first runs allocate
         timings = []
         for _ in range(repeats):
             started = time.perf_counter()
-            tokens = lm.generate(prompt, new_tokens, greedy)
+            tokens = list(lm.stream(prompt, new_tokens, greedy))
             timings.append(time.perf_counter() - started)
     except Exception:  # noqa: BLE001 (no model, or a broken one: reported, not raised)
         return None
@@ -558,8 +522,6 @@ def environment_section(r: Inputs) -> Parts:
     gpu = _output(smi, "--query-gpu=name,memory.total", "--format=csv,noheader") if smi else None
     dists = importlib.metadata.distributions()
     versions = {(d.metadata["Name"] or "").lower(): d.version for d in dists}
-    # the parameters as canonical JSON: comments and key order do not change the hash
-    canonical = json.dumps(r.params, sort_keys=True, separators=(",", ":"), default=str)
     rows = [
         ("python", platform.python_version()),
         ("platform", platform.platform()),
@@ -567,8 +529,8 @@ def environment_section(r: Inputs) -> Parts:
         ("CPU cores", f"{os.cpu_count()} ({usable} usable by this process)"),
         ("GPU", "; ".join(gpu.splitlines()) if gpu else "none found" if smi else "no nvidia-smi"),
         *((package, versions.get(package, "not installed")) for package in PACKAGES),
-        ("git commit", _output("git", "rev-parse", "HEAD", cwd=root) or "unknown"),
-        ("params hash", NA if r.params is None else hashlib.sha256(canonical.encode()).hexdigest()),
+        ("git commit", (git(root, "rev-parse", "HEAD") or "unknown").strip()),
+        ("params hash", NA if r.params is None else sha256_json(r.params)),
     ]
     return [table(("what", "value"), rows)]
 

@@ -23,10 +23,8 @@ part: `train/loss`, `train/lr`, `train/tokens_per_s` and `val/loss`, `val/bpb` p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +35,8 @@ import mlflow.onnx
 import yaml
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
+
+from bardlet.files import git, sha256_json
 
 EXPERIMENT = "bardlet"
 # MLflow 3's UI tells GenAI experiments (traces) from model training ones by this tag.
@@ -66,21 +66,6 @@ UNKNOWN = "unknown"
 GENERATED = ("dvc.lock", "reports")
 
 
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None  # not a git repo, or no git at all
-    return done.stdout
-
-
-def _sha256_json(value: Any) -> str:
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
 def provenance(root: str | Path = ".", tokenizer_hash: str | None = None) -> dict[str, str]:
     """The tags that say what made a run, read from the project at `root`:
 
@@ -96,13 +81,13 @@ def provenance(root: str | Path = ".", tokenizer_hash: str | None = None) -> dic
     Cheap (two git calls and a few small files), so every stage run records it."""
     root = Path(root)
     tags: dict[str, str] = {}
-    head = _git(root, "rev-parse", "HEAD")
+    head = git(root, "rev-parse", "HEAD")
     if head is None:
         tags["git.commit"] = tags["git.dirty"] = UNKNOWN
     else:
         tags["git.commit"] = head.strip()
         excluded = [f":(exclude){path}" for path in GENERATED]
-        status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
+        status = git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
         tags["git.dirty"] = UNKNOWN if status is None else str(bool(status.strip())).lower()
     for tag, variable in (
         ("dvc.exp_name", "DVC_EXP_NAME"),
@@ -123,13 +108,13 @@ def provenance(root: str | Path = ".", tokenizer_hash: str | None = None) -> dic
             tokenizer_hashes.add(str(manifest["tokenizer_hash"]))
         except (OSError, ValueError, KeyError, TypeError):
             manifests[path.parent.relative_to(root).as_posix()] = [UNKNOWN]
-    tags["data.hash"] = _sha256_json(manifests) if manifests else UNKNOWN
+    tags["data.hash"] = sha256_json(manifests) if manifests else UNKNOWN
     if tokenizer_hash is None and len(tokenizer_hashes) == 1:
         tokenizer_hash = tokenizer_hashes.pop()
     tags["tokenizer.hash"] = tokenizer_hash or UNKNOWN
     try:
         params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-        tags["params.hash"] = _sha256_json(params)
+        tags["params.hash"] = sha256_json(params)
     except (OSError, yaml.YAMLError):
         tags["params.hash"] = UNKNOWN
     return tags

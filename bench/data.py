@@ -53,6 +53,7 @@ from bardlet.data.shards import (
     write_split,
 )
 from bardlet.files import write_json_atomic
+from bardlet.markdown import table
 from bardlet.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,8 +156,8 @@ def load_pretrain(split_dir: Path, tokenizer_hash: str) -> np.ndarray:
 
 
 def load_sft(split_dir: Path, tokenizer_hash: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    table = read_split(split_dir, tokenizer_hash)
-    return rows_as_arrays(table, "tokens"), rows_as_arrays(table, "loss_mask")
+    split = read_split(split_dir, tokenizer_hash)
+    return rows_as_arrays(split, "tokens"), rows_as_arrays(split, "loss_mask")
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     shard_tokens = first["shard_pretrain_tokens"] + first["shard_sft_tokens"]
     shard_s = median(runs, "shard_pretrain_s") + median(runs, "shard_sft_s")
     prepare_shard_s = median(runs, "prepare_s") + shard_s
-    table = [
+    steps = [
         ("prepare (Shakespeare split + OASST1 trees)", "prepare_s", None),
         ("shard pretrain (encode + write, 2 splits)", "shard_pretrain_s", "shard_pretrain_tokens"),
         ("shard sft (chat template + write, 2 splits)", "shard_sft_s", "shard_sft_tokens"),
@@ -235,7 +236,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ("data report (polars, 4 splits)", "report_s", None),
     ]
     rows: list[dict[str, Any]] = []
-    for label, time_key, token_key in table:
+    for label, time_key, token_key in steps:
         seconds = median(runs, time_key)
         tokens = first[token_key] if token_key else None
         rows.append({"step": label, "seconds": seconds, "tokens": tokens})
@@ -251,12 +252,16 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| step | median s | tokens | tokens/s |", "| --- | ---: | ---: | ---: |"]
-    for r in rows:
-        tokens = f"{r['tokens']:,}" if r["tokens"] else ""
-        rate = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else ""
-        lines.append(f"| {r['step']} | {r['seconds']:.3f} | {tokens} | {rate} |")
-    return "\n".join(lines)
+    cells = [
+        (
+            r["step"],
+            f"{r['seconds']:.3f}",
+            f"{r['tokens']:,}" if r["tokens"] else "",
+            f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "",
+        )
+        for r in rows
+    ]
+    return table("step | median s | tokens | tokens/s", cells, align="lr")
 
 
 def main() -> None:
@@ -292,8 +297,8 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "params": p,
     }
-    table = markdown(rows)
-    print(table)
+    text = markdown(rows)
+    print(text)
     print(
         f"\n{n_runs} run(s), medians; {env['cpus']} CPUs, Python {env['python']}, "
         f"pyarrow {env['pyarrow']}, polars {env['polars']}; tokenizer: {tok_origin}; "
@@ -302,7 +307,7 @@ def main() -> None:
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {"environment": env, "results": rows, "runs": runs, "table": table}
+        result = {"environment": env, "results": rows, "runs": runs, "table": text}
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)
 

@@ -7,8 +7,8 @@ What is timed: greedy generation at batch 1 after a 64-token prompt (the start o
 Shakespeare's validation text, <|bos|> first), every token generated (no stop token).
 
 Paths (rows), each at 1 and 2 threads:
-- onnx kv:        `bardlet.runtime.OnnxLM.stream` on model.onnx: the prompt once, then one
-                  position per step with the KV cache (past in, present out).
+- onnx kv:        `bardlet.runtime.session.OnnxLM.stream` on model.onnx: the prompt once,
+                  then one position per step with the KV cache (past in, present out).
 - onnx int8 kv:   the same on model.int8.onnx (`bardlet.export.quantize_int8`).
 - onnx recompute: the same graph with an empty cache every step: the whole context again.
 - torch kv:       `bardlet.model.GPT` in eager mode, inference_mode, with its KV cache.
@@ -29,7 +29,7 @@ repetitions, and a row's number is the lowest of its per-round medians (the leas
 round). Every round's numbers are in the JSON.
 
 Quality: bits per byte of model.onnx and model.int8.onnx on the validation shards
-(`bardlet.runtime.measure_onnx_bpb`), Tiny Shakespeare and OASST1 (assistant tokens).
+(`bardlet.runtime.evaluate.measure_onnx_bpb`), Tiny Shakespeare and OASST1 (assistant tokens).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bardlet.markdown import table
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS = 64
@@ -104,7 +106,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     else:
         import numpy as np
 
-        from bardlet.runtime import OnnxLM, Sampling
+        from bardlet.runtime.sampling import Sampling
+        from bardlet.runtime.session import OnnxLM
 
         rss_import = max_rss_mb()
         onnx_path = job["onnx_int8"] if path == "onnx-int8-kv" else job["onnx"]
@@ -213,6 +216,7 @@ def prepare_models(work: Path, wide: bool) -> list[dict[str, Any]]:
             n_embd=m.n_embd,
             mlp_ratio=m.mlp_ratio,
             tie_embeddings=m.tie_embeddings,
+            dropout=0.0,
         )
         model = GPT(config).eval()
         wide_dir = work / "wide"
@@ -249,14 +253,15 @@ def make_prompt() -> list[int]:
 
 def quality(models: dict[str, Any], max_batches: int | None) -> dict[str, Any]:
     """Bits per byte of fp32 and int8 graphs on the validation shards."""
+    import numpy as np
+
     from bardlet.data.loaders import PackedConversations, TokenWindows
     from bardlet.data.shards import concat_tokens, read_split
-    from bardlet.evaluation import token_byte_lengths
-    from bardlet.runtime import measure_onnx_bpb
+    from bardlet.runtime.evaluate import measure_onnx_bpb
     from bardlet.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(REPO / "models" / "onnx" / "bpe.json")
-    lengths = token_byte_lengths(tokenizer)
+    lengths = np.array(tokenizer.byte_lengths())
     shards = REPO / "data" / "shards"
     if not (shards / "pretrain" / "val").exists():
         return {"skipped": "no data/shards: run the pipeline first"}
@@ -383,42 +388,55 @@ def markdown(result: dict[str, Any]) -> str:
         "onnx-recompute": "ONNX fp32, recompute",
         "torch-kv": "PyTorch eager, KV cache",
     }
-    lines = [
-        "| model | path | threads | new tokens | ms/token | tokens/s | TTFT ms | total s "
-        "| peak RSS MB | greedy = fp32 KV |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['model']} | {names[r['path']]} | {r['threads']} | {r['new_tokens']} "
-            f"| {r['ms_per_token']:.2f} | {r['tokens_per_s']:.0f} | {r['ttft_ms']:.1f} "
-            f"| {r['total_s']:.2f} | {r['peak_rss_mb']:.0f} "
-            f"| {100 * r['same_tokens_as_onnx_kv']:.0f}% |"
+    header = (
+        "model | path | threads | new tokens | ms/token | tokens/s | TTFT ms | total s"
+        " | peak RSS MB | greedy = fp32 KV"
+    )
+    run_rows = [
+        (
+            r["model"],
+            names[r["path"]],
+            str(r["threads"]),
+            str(r["new_tokens"]),
+            f"{r['ms_per_token']:.2f}",
+            f"{r['tokens_per_s']:.0f}",
+            f"{r['ttft_ms']:.1f}",
+            f"{r['total_s']:.2f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{100 * r['same_tokens_as_onnx_kv']:.0f}%",
         )
-    lines += [
-        "",
-        "| model | threads | KV vs recompute (total) | ONNX vs PyTorch (per token) "
-        "| int8 vs fp32 (per token) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        for r in result["rows"]
     ]
-    for s in result["speedups"]:
-        lines.append(
-            f"| {s['model']} | {s['threads']} | {s['kv_vs_recompute_total']:.1f}x "
-            f"| {s['onnx_vs_torch_per_token']:.2f}x | {s['int8_vs_fp32_per_token']:.2f}x |"
+    tables = [table(header, run_rows, align="llr")]
+    header = (
+        "model | threads | KV vs recompute (total) | ONNX vs PyTorch (per token)"
+        " | int8 vs fp32 (per token)"
+    )
+    speed_rows = [
+        (
+            s["model"],
+            str(s["threads"]),
+            f"{s['kv_vs_recompute_total']:.1f}x",
+            f"{s['onnx_vs_torch_per_token']:.2f}x",
+            f"{s['int8_vs_fp32_per_token']:.2f}x",
         )
+        for s in result["speedups"]
+    ]
+    tables.append(table(header, speed_rows, align="lr"))
     q = result.get("quality", {})
     if q and "skipped" not in q:
-        lines += [
-            "",
-            "| val set (chat model) | fp32 bpb | int8 bpb | delta |",
-            "| --- | ---: | ---: | ---: |",
-        ]
-        for name, v in q.items():
-            lines.append(
-                f"| {name} | {v['fp32_bpb']:.4f} | {v['int8_bpb']:.4f} "
-                f"| {v['int8_bpb_delta_percent']:+.3f}% |"
+        quality_rows = [
+            (
+                name,
+                f"{v['fp32_bpb']:.4f}",
+                f"{v['int8_bpb']:.4f}",
+                f"{v['int8_bpb_delta_percent']:+.3f}%",
             )
-    return "\n".join(lines)
+            for name, v in q.items()
+        ]
+        header = "val set (chat model) | fp32 bpb | int8 bpb | delta"
+        tables.append(table(header, quality_rows, align="lr"))
+    return "\n\n".join(tables)
 
 
 def main() -> None:

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from bardlet.markdown import table
+
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"pinned to AVX2": {}, "native": {"BARDLET_NATIVE_KERNELS": "1"}}
 
@@ -86,6 +88,23 @@ def run_setting(name: str, steps: int, threads: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def markdown(rows: list[dict]) -> str:
+    native = {r["threads"]: r["ms_per_step"] for r in rows if r["kernels"] == "native"}
+    cells = [
+        (
+            str(r["threads"]),
+            r["kernels"],
+            r["capability"],
+            f"{r['ms_per_step']:.1f}",
+            f"{r['ms_per_step'] / native[r['threads']]:.2f}x",
+            f"{r['loss']:.6f}",
+        )
+        for r in rows
+    ]
+    header = "threads | kernels | torch capability | ms/step | vs native | loss after the steps"
+    return table(header, cells, align="rllr")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 10 steps, 1 thread")
@@ -117,17 +136,7 @@ def main() -> None:
                 }
             )
     print(f"CPU: {platform.processor() or platform.machine()}, {steps} steps x {rounds} rounds")
-    print("| threads | kernels | torch capability | ms/step | vs native | loss after the steps |")
-    print("| ---: | --- | --- | ---: | ---: | ---: |")
-    for row in rows:
-        native = next(
-            r for r in rows if r["threads"] == row["threads"] and r["kernels"] == "native"
-        )
-        ratio = row["ms_per_step"] / native["ms_per_step"]
-        print(
-            f"| {row['threads']} | {row['kernels']} | {row['capability']} | "
-            f"{row['ms_per_step']:.1f} | {ratio:.2f}x | {row['loss']:.6f} |"
-        )
+    print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

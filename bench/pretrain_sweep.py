@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bardlet.markdown import table
+
 REPO = Path(__file__).resolve().parents[1]
 VAL_TOKENS = 40 * 8 * 256  # the default pretrain's validation sample
 COMPARE_AT_TOKENS = 600 * 16 * 256  # runs are also compared at this many training tokens
@@ -91,7 +93,6 @@ def worker(name: str, quick: bool) -> dict[str, Any]:
     from bardlet.config import load_params
     from bardlet.data.loaders import TokenWindows
     from bardlet.data.shards import concat_tokens, read_split
-    from bardlet.evaluation import token_byte_lengths
     from bardlet.model import GPT, GPTConfig
     from bardlet.tokenizer import Tokenizer
     from bardlet.training.loop import train
@@ -134,9 +135,9 @@ def worker(name: str, quick: bool) -> dict[str, Any]:
     result = train(
         model,
         train_data,
-        lambda: val_batches,
+        val_batches,
         settings,
-        token_byte_lengths(tokenizer),
+        np.array(tokenizer.byte_lengths()),
         log=lambda line: print(f"{name}: {line}", file=sys.stderr, flush=True),
     )
     tokens_per_step = settings.batch_size * block * settings.grad_accum
@@ -163,28 +164,36 @@ def run(name: str, quick: bool) -> dict[str, Any]:
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    lines = [
-        "| run | vocab | params | dropout | weight decay | EMA | batch x context | steps | tokens |"
-        " best val bpb (at step) | val bpb at <= 2.46M tokens | train loss at the end |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    header = (
+        "run | vocab | params | dropout | weight decay | EMA | batch x context | steps | tokens"
+        " | best val bpb (at step) | val bpb at <= 2.46M tokens | train loss at the end"
+    )
+    rows: list[tuple[str, ...]] = []
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error']} |")
+            rows.append((r["name"], f"failed: {r['error']}"))
             continue
         model, train = r["change"]["model"], r["change"]["pretrain"]
         history = r["history"]
         steps = int(history[-1]["step"])
         early = [h for h in history if h["step"] * r["tokens_per_step"] <= COMPARE_AT_TOKENS]
-        at_tokens = f"{early[-1]['val_bpb']:.3f}" if early else ""
-        lines.append(
-            f"| {r['name']} | {r['vocab_size']} | {r['params'] / 1e6:.2f}M | "
-            f"{model['dropout']} | {train['weight_decay']} | {train.get('ema_decay') or '-'} | "
-            f"{train['batch_size']} x 256 | {steps} | {steps * r['tokens_per_step'] / 1e6:.2f}M | "
-            f"{r['best']['val_bpb']:.3f} ({int(r['best']['step'])}) | {at_tokens} | "
-            f"{history[-1]['train_loss']:.2f} |"
+        rows.append(
+            (
+                r["name"],
+                str(r["vocab_size"]),
+                f"{r['params'] / 1e6:.2f}M",
+                str(model["dropout"]),
+                str(train["weight_decay"]),
+                str(train.get("ema_decay") or "-"),
+                f"{train['batch_size']} x 256",
+                str(steps),
+                f"{steps * r['tokens_per_step'] / 1e6:.2f}M",
+                f"{r['best']['val_bpb']:.3f} ({int(r['best']['step'])})",
+                f"{early[-1]['val_bpb']:.3f}" if early else "",
+                f"{history[-1]['train_loss']:.2f}",
+            )
         )
-    return "\n".join(lines)
+    return table(header, rows, align="lr")
 
 
 def main() -> None:
@@ -201,14 +210,14 @@ def main() -> None:
     started = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda name: run(name, args.quick), args.runs))
-    table = markdown(results)
-    print(table)
+    text = markdown(results)
+    print(text)
     if args.json:
         payload = {
             "command": "python bench/pretrain_sweep.py" + (" --quick" if args.quick else ""),
             "seconds": time.perf_counter() - started,
             "runs": results,
-            "table": table,
+            "table": text,
         }
         tmp = args.json.with_name(args.json.name + ".tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -29,10 +29,8 @@ import argparse
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -41,64 +39,14 @@ from typing import Any
 
 import httpx
 
+from bardlet.markdown import table
+
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest_server import Server  # noqa: E402  (`bardlet serve` in a subprocess, as the tests run it)
+
 MAX_TOKENS = 64
 MESSAGES = [{"role": "user", "content": "Good morrow! What news from the court?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Served:
-    """`bardlet serve` in its own process group; `stop()` ends the whole group."""
-
-    def __init__(self, model: Path, threads: int, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log.open("w+b")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "ORT_DISABLE_TELEMETRY": "1"}
-        env.pop("BARDLET_API_KEY", None)
-        command = [sys.executable, "-m", "bardlet.cli", "serve", "--model", str(model)]
-        command += ["--port", str(self.port), "--threads", str(threads)]
-        self.process = subprocess.Popen(
-            [*command, "--log-level", "warning"],
-            cwd=REPO,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_healthy(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server exited early:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit(f"the server did not answer /health in {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self.log.close()
 
 
 def new_client() -> httpx.Client:
@@ -205,20 +153,26 @@ def run_level(url: str, clients: int, seconds: float, seed_base: int) -> dict[st
     }
 
 
-def table(levels: list[dict[str, Any]]) -> str:
-    lines = [
-        "| clients | requests | req/s | TTFT p50 (ms) | TTFT p95 (ms) | tok/s per client "
-        "| tok/s total | tokens/request | errors |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in levels:
-        lines.append(
-            f"| {r['clients']} | {r['requests']} | {r['requests_per_s']:.2f} "
-            f"| {r['ttft_ms_p50']:.0f} | {r['ttft_ms_p95']:.0f} "
-            f"| {r['tokens_per_s_per_client']:.0f} | {r['tokens_per_s_total']:.0f} "
-            f"| {r['mean_tokens_per_request']:.1f} | {r['errors']} |"
+def markdown(levels: list[dict[str, Any]]) -> str:
+    rows = [
+        (
+            str(r["clients"]),
+            str(r["requests"]),
+            f"{r['requests_per_s']:.2f}",
+            f"{r['ttft_ms_p50']:.0f}",
+            f"{r['ttft_ms_p95']:.0f}",
+            f"{r['tokens_per_s_per_client']:.0f}",
+            f"{r['tokens_per_s_total']:.0f}",
+            f"{r['mean_tokens_per_request']:.1f}",
+            str(r["errors"]),
         )
-    return "\n".join(lines)
+        for r in levels
+    ]
+    header = (
+        "clients | requests | req/s | TTFT p50 (ms) | TTFT p95 (ms) | tok/s per client"
+        " | tok/s total | tokens/request | errors"
+    )
+    return table(header, rows, align="r")
 
 
 def main() -> None:
@@ -237,7 +191,7 @@ def main() -> None:
         raise SystemExit(f"{args.model} not found: run `make pipeline` first")
 
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bardlet-bench-serve-{os.getpid()}.log"
-    server = Served(args.model, args.threads, log)
+    server = Server(args.model, threads=args.threads, log=log)
     try:
         server.wait_healthy()
         context = httpx.get(server.url + "/health", timeout=10).json()["context"]
@@ -261,7 +215,7 @@ def main() -> None:
         log.unlink(missing_ok=True)
 
     levels = [max(runs[n], key=lambda run: run["tokens_per_s_total"]) for n in args.clients]
-    print(table(levels))
+    print(markdown(levels))
     if args.json:
         result = {
             "meta": {

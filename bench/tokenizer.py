@@ -44,6 +44,7 @@ from typing import Any
 import regex
 from common import data_dir  # bench/common.py: this script's folder is on sys.path
 
+from bardlet.markdown import table
 from bardlet.tokenizer import DEFAULT_SPECIAL_TOKENS, GPT4_PATTERN, Tokenizer
 from bardlet.tokenizer.hf import export_hf
 
@@ -261,54 +262,57 @@ def bench(quick: bool) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
-    lines = [
-        f"Command: `{result['command']}` ({result['machine']}; tokenizers "
-        f"{result['tokenizers_version']}, tiktoken {result['tiktoken_version']}; medians of "
-        f"{result['runs_per_measure']} training / {result['encode_runs_per_measure']} encode "
-        f"runs; load average {result['load_average_before']} before, "
-        f"{result['load_average_after']} after)",
-        "",
-        "Training, seconds (lower is better):",
-        "",
-        "| corpus | vocab | in process: ours | HF BpeTrainer | naive loop "
-        "| whole process: `bardlet tokenizer train` | HF script | ours / HF |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        ratio = r["train_process_s_ours_cli"] / r["train_process_s_hf_script"]
-        lines.append(
-            f"| {r['corpus']} ({r['corpus_mb']:.2f} MB) | {r['vocab_size']} "
-            f"| {r['train_s_ours']:.2f} | {r['train_s_hf']:.2f} "
-            f"| ~{r['train_s_naive_extrapolated']:.0f} "
-            f"| {r['train_process_s_ours_cli']:.2f} | {r['train_process_s_hf_script']:.2f} "
-            f"| {ratio:.2f}x |"
+    training = [
+        (
+            f"{r['corpus']} ({r['corpus_mb']:.2f} MB)",
+            str(r["vocab_size"]),
+            f"{r['train_s_ours']:.2f}",
+            f"{r['train_s_hf']:.2f}",
+            f"~{r['train_s_naive_extrapolated']:.0f}",
+            f"{r['train_process_s_ours_cli']:.2f}",
+            f"{r['train_process_s_hf_script']:.2f}",
+            f"{r['train_process_s_ours_cli'] / r['train_process_s_hf_script']:.2f}x",
         )
-    lines += [
-        "",
-        "Encoding, MB/s (higher is better), and compression:",
-        "",
-        "| corpus | vocab | ours cold | ours warm | HF | tiktoken cl100k "
-        "| bytes/token: ours | cl100k | HF ids = ours |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        for r in rows
     ]
-    for r in rows:
-        tk_speed = r.get("tiktoken_cl100k_encode_mb_s")
-        tk_bpt = r.get("tiktoken_cl100k_bytes_per_token")
-        lines.append(
-            f"| {r['corpus']} ({r['corpus_mb']:.2f} MB) | {r['vocab_size']} "
-            f"| {r['encode_mb_s_ours_cold']:.1f} | {r['encode_mb_s_ours_warm']:.1f} "
-            f"| {r['encode_mb_s_hf']:.1f} "
-            f"| {f'{tk_speed:.1f}' if tk_speed else 'n/a'} "
-            f"| {r['bytes_per_token']:.2f} | {f'{tk_bpt:.2f}' if tk_bpt else 'n/a'} "
-            f"| {'yes' if r['hf_ids_identical'] else 'NO'} |"
+    encoding = [
+        (
+            f"{r['corpus']} ({r['corpus_mb']:.2f} MB)",
+            str(r["vocab_size"]),
+            f"{r['encode_mb_s_ours_cold']:.1f}",
+            f"{r['encode_mb_s_ours_warm']:.1f}",
+            f"{r['encode_mb_s_hf']:.1f}",
+            f"{speed:.1f}" if (speed := r.get("tiktoken_cl100k_encode_mb_s")) else "n/a",
+            f"{r['bytes_per_token']:.2f}",
+            f"{bpt:.2f}" if (bpt := r.get("tiktoken_cl100k_bytes_per_token")) else "n/a",
+            "yes" if r["hf_ids_identical"] else "NO",
         )
-    naive = rows[0]["naive_merges_timed"]
-    lines += [
-        "",
-        f"Naive loop: minbpe-style recount of every pair in the corpus per merge; timed for the "
-        f"first {naive} merges on the full corpus and extrapolated to all merges (~).",
+        for r in rows
     ]
-    return "\n".join(lines)
+    training_header = (
+        "corpus | vocab | in process: ours | HF BpeTrainer | naive loop"
+        " | whole process: `bardlet tokenizer train` | HF script | ours / HF"
+    )
+    encoding_header = (
+        "corpus | vocab | ours cold | ours warm | HF | tiktoken cl100k"
+        " | bytes/token: ours | cl100k | HF ids = ours"
+    )
+    return "\n\n".join(
+        [
+            f"Command: `{result['command']}` ({result['machine']}; tokenizers "
+            f"{result['tokenizers_version']}, tiktoken {result['tiktoken_version']}; medians of "
+            f"{result['runs_per_measure']} training / {result['encode_runs_per_measure']} encode "
+            f"runs; load average {result['load_average_before']} before, "
+            f"{result['load_average_after']} after)",
+            "Training, seconds (lower is better):",
+            table(training_header, training, align="lr"),
+            "Encoding, MB/s (higher is better), and compression:",
+            table(encoding_header, encoding, align="lrrrrrrrl"),
+            f"Naive loop: minbpe-style recount of every pair in the corpus per merge; timed for "
+            f"the first {rows[0]['naive_merges_timed']} merges on the full corpus and "
+            "extrapolated to all merges (~).",
+        ]
+    )
 
 
 def main() -> None:

@@ -60,7 +60,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bardlet.config import load_params
+from bardlet.markdown import table
 from bardlet.model import GPT, GPTConfig
+from bardlet.training import loop
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK_SIZE = 2048
@@ -147,6 +149,7 @@ def build_model(kind: str, shape: Shape, dropout: float) -> nn.Module:
         n_embd=shape.n_embd,
         mlp_ratio=shape.mlp_ratio,
         dropout=dropout,
+        tie_embeddings=True,
     )
     return GPT(config)
 
@@ -163,16 +166,10 @@ def flops_per_token(n_matmul: int, shape: Shape) -> int:
 
 
 def make_optimizer(model: nn.Module) -> torch.optim.AdamW:
-    """bardlet.training.loop.make_optimizer on CPU, for both models (not imported from there:
-    that module pulls in mlflow, seconds of start-up per row)."""
-    train = load_params(REPO / "params.yaml").pretrain
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=train.learning_rate, betas=(0.9, 0.95))
+    """The training loop's optimizer (AdamW, decay on matrices only), with pretrain's settings."""
+    return loop.make_optimizer(
+        model, load_params(REPO / "params.yaml").pretrain, torch.device("cpu")
+    )
 
 
 def max_rss_mb() -> float:
@@ -374,16 +371,11 @@ def markdown(rows: list[dict[str, Any]], shapes: list[Shape], peaks: dict[int, f
         )
     peak_text = ", ".join(f"{t} thread{'s' * (t > 1)}: {g:.1f}" for t, g in peaks.items())
     lines.append(f"- fp32 matmul peak ({PEAK_SIZE}x{PEAK_SIZE}, best of run), GFLOP/s: {peak_text}")
-    lines.append("")
-    header = (
-        "| shape | model | threads | params | ms/iter | tokens/s | MFU | x baseline "
-        "| peak RSS MB (+ above import) | note |"
-    )
-    lines += [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    cells = []
     for row in rows:
-        head = f"| {row['shape']} | {row['model']} | {row['threads']} "
+        head = (row["shape"], row["model"], str(row["threads"]))
         if "error" in row:
-            lines.append(head + f"| | | | | | | failed: {row['error'][:80]} |")
+            cells.append((*head, "", "", "", "", "", "", f"failed: {row['error'][:80]}"))
             continue
         note = []
         if len(row["round_medians_ms"]) > 1:
@@ -392,12 +384,23 @@ def markdown(rows: list[dict[str, Any]], shapes: list[Shape], peaks: dict[int, f
             note.append(f"compile {row['compile_s']:.0f} s")
         if "vs_bardlet_eager" in row:
             note.append(f"{row['vs_bardlet_eager']:.2f}x eager bardlet")
-        ratio = f"{row['vs_baseline']:.2f}x" if "vs_baseline" in row else "1.00x"
-        lines.append(
-            head + f"| {row['params'] / 1e6:.3f}M | {row['ms_per_iter']:.1f} "
-            f"| {row['tokens_per_s']:,.0f} | {100 * row['mfu']:.1f}% | {ratio} "
-            f"| {row['rss_peak_mb']:.0f} (+{row['rss_above_import_mb']:.0f}) | {'; '.join(note)} |"
+        cells.append(
+            (
+                *head,
+                f"{row['params'] / 1e6:.3f}M",
+                f"{row['ms_per_iter']:.1f}",
+                f"{row['tokens_per_s']:,.0f}",
+                f"{100 * row['mfu']:.1f}%",
+                f"{row['vs_baseline']:.2f}x" if "vs_baseline" in row else "1.00x",
+                f"{row['rss_peak_mb']:.0f} (+{row['rss_above_import_mb']:.0f})",
+                "; ".join(note),
+            )
         )
+    header = (
+        "shape | model | threads | params | ms/iter | tokens/s | MFU | x baseline"
+        " | peak RSS MB (+ above import) | note"
+    )
+    lines += ["", table(header, cells, align="llrrrrrrrl")]
     lines += [
         "",
         "ms/iter: the lowest of the per-round medians (rounds: each round's median, ms).",
@@ -451,8 +454,8 @@ def main() -> None:
         for n in threads:
             peaks[n] = max(peaks[n], run_worker({"threads": n, "peak": 20})["gflops"])
     annotate(rows, peaks)
-    table = markdown(rows, shapes, peaks)
-    print(table)
+    text = markdown(rows, shapes, peaks)
+    print(text)
     elapsed = time.perf_counter() - start
     print(f"\n({elapsed:.0f} s; load average {os.getloadavg()})", file=sys.stderr)
     if args.json:

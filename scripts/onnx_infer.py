@@ -20,6 +20,7 @@ This file does not import bardlet: it carries its own copy of bardlet's byte-lev
 from __future__ import annotations
 
 import argparse
+import codecs
 import hashlib
 import json
 import re
@@ -335,25 +336,22 @@ class Model:
         settings: Sampling,
         stop_ids: Sequence[int] = (),
     ) -> Iterator[str]:
-        """Pieces of text: whole characters only, no special tokens, ending before the first
-        stop string."""
+        """Pieces of text: whole characters only (an incremental UTF-8 decoder), no special
+        tokens, ending before the first stop string."""
         special = set(tokenizer.special_tokens.values())
-        ids: list[int] = []
-        shown = 0
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text, shown = "", 0
         for token in self.stream(prompt, max_new_tokens, settings, stop_ids):
             if token in special:  # a marker, not text: never printed as "<|end|>"
                 continue
-            ids.append(token)
-            text = tokenizer.decode(ids)
-            if text.endswith("\ufffd"):
-                continue
+            text += decoder.decode(tokenizer.vocab[token])
             cut, ended = stop_cut(text, settings.stop, shown, final=False)
             if cut > shown:
                 yield text[shown:cut]
                 shown = cut
             if ended:
                 return
-        text = tokenizer.decode(ids)
+        text += decoder.decode(b"", final=True)
         cut, _ = stop_cut(text, settings.stop, shown, final=True)
         if cut > shown:
             yield text[shown:cut]

@@ -11,8 +11,8 @@ import json
 from bardlet.config import load_params
 from bardlet.data.oasst import build_conversations, read_all_messages, tree_split
 from bardlet.data.sources import oasst1_sources
-from bardlet.files import write_json_atomic
-from stages.paths import OASST, RAW, REPORTS, SHAKESPEARE
+from bardlet.files import new_folder, write_json_atomic, write_text_atomic
+from stages.paths import OASST, PREPARED, RAW, REPORTS, SHAKESPEARE
 
 
 def split_text(data: bytes, val_fraction: float) -> tuple[str, str]:
@@ -28,20 +28,20 @@ def main() -> None:
     train, val = split_text(
         (RAW / "tinyshakespeare/input.txt").read_bytes(), params.shakespeare_val_fraction
     )
-    SHAKESPEARE.mkdir(parents=True, exist_ok=True)
-    (SHAKESPEARE / "train.txt").write_text(train, encoding="utf-8")
-    (SHAKESPEARE / "val.txt").write_text(val, encoding="utf-8")
-
     files = [RAW / s.path for s in oasst1_sources(all_params.download.oasst1_full)]
     messages, stats = read_all_messages(files, lang=params.oasst_lang)
     conversations = build_conversations(messages, mode=params.oasst_mode, stats=stats)
     splits: dict[str, list[dict]] = {"train": [], "val": []}
     for conversation in conversations:
         splits[tree_split(conversation["id"], params.oasst_val_percent)].append(conversation)
-    OASST.mkdir(parents=True, exist_ok=True)
-    for name, rows in splits.items():
-        lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
-        (OASST / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
+
+    # Built beside data/prepared and swapped in whole: a failure leaves the previous data.
+    with new_folder(PREPARED) as folder:
+        write_text_atomic(folder / SHAKESPEARE.name / "train.txt", train)
+        write_text_atomic(folder / SHAKESPEARE.name / "val.txt", val)
+        for name, rows in splits.items():
+            lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+            write_text_atomic(folder / OASST.name / f"{name}.jsonl", "".join(lines))
 
     report = {
         "shakespeare": {"train_chars": len(train), "val_chars": len(val)},
@@ -51,7 +51,6 @@ def main() -> None:
             "val_conversations": len(splits["val"]),
         },
     }
-    REPORTS.mkdir(exist_ok=True)
     write_json_atomic(REPORTS / "prepare.json", report)
     print(json.dumps(report, indent=2))
 

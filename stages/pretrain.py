@@ -1,12 +1,12 @@
 """Stage `pretrain`: a GPT learns Tiny Shakespeare by next-token prediction -> models/base."""
 
+import numpy as np
 import torch
 
 from bardlet import tracking
 from bardlet.config import load_params
 from bardlet.data.loaders import TokenWindows
 from bardlet.data.shards import concat_tokens, read_split
-from bardlet.evaluation import token_byte_lengths
 from bardlet.model import GPT, GPTConfig
 from bardlet.tokenizer import Tokenizer
 from bardlet.training import distributed
@@ -46,10 +46,11 @@ def main() -> None:
         result = train(
             model,
             train_data,
-            lambda: val_batches,
+            val_batches,
             settings,
-            token_byte_lengths(tokenizer),
+            np.array(tokenizer.byte_lengths()),
             checkpoint_dir=CHECKPOINTS / "pretrain",
+            report=tracking.log_metrics,
             run_identity={"tokenizer": tokenizer.hash, "train_tokens": len(train_tokens)},
         )
         info = {"run_id": run_id, "tokenizer_hash": tokenizer.hash}

@@ -4,10 +4,11 @@ Same training loop as pretraining; the difference is the data: conversations pac
 rows, with the loss taken only on the assistant's tokens (the loss mask from the template).
 """
 
+import numpy as np
+
 from bardlet import tracking
 from bardlet.config import load_params
 from bardlet.data.loaders import PackedConversations
-from bardlet.evaluation import token_byte_lengths
 from bardlet.tokenizer import Tokenizer
 from bardlet.training import checkpoint, distributed
 from bardlet.training.loop import train
@@ -46,10 +47,11 @@ def main() -> None:
         result = train(
             model,
             train_data,
-            lambda: val_batches,
+            val_batches,
             settings,
-            token_byte_lengths(tokenizer),
+            np.array(tokenizer.byte_lengths()),
             checkpoint_dir=CHECKPOINTS / "sft",
+            report=tracking.log_metrics,
             run_identity={"tokenizer": tokenizer.hash, "base_run_id": base_run_id},
         )
         info = {

@@ -12,7 +12,7 @@ from bardlet.config import load_params
 from bardlet.data.chat_template import render
 from bardlet.data.report import data_report
 from bardlet.data.shards import Row, write_split
-from bardlet.files import write_json_atomic
+from bardlet.files import new_folder, write_json_atomic
 from bardlet.tokenizer import Tokenizer
 from stages.paths import OASST, REPORTS, SHAKESPEARE, SHARDS, TOKENIZER
 
@@ -35,19 +35,21 @@ def chat_rows(tokenizer: Tokenizer, split: str) -> Iterator[Row]:
 def main() -> None:
     params = load_params().shard
     tokenizer = Tokenizer.load(TOKENIZER)
-    for name, make_rows in (("pretrain", text_rows), ("sft", chat_rows)):
-        for split in ("train", "val"):
-            manifest = write_split(
-                make_rows(tokenizer, split),
-                SHARDS / name / split,
-                tokenizer_hash=tokenizer.hash,
-                vocab_size=tokenizer.vocab_size,
-                rows_per_file=params.rows_per_file,
-                row_group_size=params.row_group_size,
-            )
-            print(f"{name}/{split}: {manifest['rows']:,} rows, {manifest['tokens']:,} tokens")
-    REPORTS.mkdir(exist_ok=True)
-    write_json_atomic(REPORTS / "data.json", data_report(SHARDS, tokenizer))
+    # Built beside data/shards and swapped in whole: a failure leaves the previous shards.
+    with new_folder(SHARDS) as folder:
+        for name, make_rows in (("pretrain", text_rows), ("sft", chat_rows)):
+            for split in ("train", "val"):
+                manifest = write_split(
+                    make_rows(tokenizer, split),
+                    folder / name / split,
+                    tokenizer_hash=tokenizer.hash,
+                    vocab_size=tokenizer.vocab_size,
+                    rows_per_file=params.rows_per_file,
+                    row_group_size=params.row_group_size,
+                )
+                print(f"{name}/{split}: {manifest['rows']:,} rows, {manifest['tokens']:,} tokens")
+        report = data_report(folder, tokenizer)
+    write_json_atomic(REPORTS / "data.json", report)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import json
 
 from bardlet.config import load_params
+from bardlet.files import new_folder
 from bardlet.tokenizer import Tokenizer
 from bardlet.tokenizer.hf import export_hf
 from stages.paths import OASST, SHAKESPEARE, TOKENIZER, TOKENIZER_DIR
@@ -20,9 +21,9 @@ def main() -> None:
     tokenizer = Tokenizer.train(
         training_texts(), vocab_size=params.vocab_size, special_tokens=params.special_tokens
     )
-    TOKENIZER_DIR.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(TOKENIZER)
-    export_hf(tokenizer, TOKENIZER_DIR / "tokenizer.json")
+    with new_folder(TOKENIZER_DIR) as folder:  # swapped in whole when both files are written
+        tokenizer.save(folder / TOKENIZER.name)
+        export_hf(tokenizer, folder / "tokenizer.json")
     print(
         f"vocab {tokenizer.vocab_size}, {len(tokenizer.merges)} merges, hash {tokenizer.hash[:12]}"
     )

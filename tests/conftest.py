@@ -64,3 +64,12 @@ def small_tokenizer(shakespeare: str):
     from bardlet.tokenizer import Tokenizer
 
     return Tokenizer.train([shakespeare[:200_000]], vocab_size=512)
+
+
+def train_params(**overrides):
+    """TrainParams from params.yaml's `sft` section with `overrides`: the classes in
+    bardlet/config.py hold no defaults, params.yaml holds every value."""
+    from bardlet.config import TrainParams, load_params
+
+    base = load_params(REPO / "params.yaml").sft.model_dump()
+    return TrainParams(**{**base, **overrides})

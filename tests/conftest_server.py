@@ -26,7 +26,7 @@ def params_styles() -> dict:
     from bardlet.config import load_params
 
     styles = load_params(REPO / "params.yaml").chat.styles
-    return {name: style.model_dump() for name, style in styles.items()}
+    return {name: style.model_dump(mode="json") for name, style in styles.items()}
 
 
 STYLES = params_styles()
@@ -49,6 +49,8 @@ def tiny_gpt(tokenizer, block_size: int = 64, n_embd: int = 32, logit_scale: flo
         n_head=2,
         n_embd=n_embd,
         tie_embeddings=False,
+        mlp_ratio=8 / 3,
+        dropout=0.0,
     )
     model = GPT(config).eval()
     with torch.no_grad():
@@ -91,6 +93,8 @@ def build_marker_model(folder: Path, tokenizer) -> Path:
         n_head=2,
         n_embd=32,
         tie_embeddings=False,
+        mlp_ratio=8 / 3,
+        dropout=0.0,
     )
     model = GPT(config).eval()
     with torch.no_grad():
@@ -116,13 +120,21 @@ def child_env(**extra: str) -> dict[str, str]:
 class Server:
     """`bardlet serve` in its own process group on a free loopback port."""
 
-    def __init__(self, model: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        model: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        threads: int = 1,
+        log: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(model.parent / f"server-{self.port}.log", "w+b")  # noqa: SIM115
+        log = log or model.parent / f"server-{self.port}.log"
+        self.log = open(log, "w+b")  # noqa: SIM115
         self.process = subprocess.Popen(
             [PYTHON, "-m", "bardlet.cli", "serve", "--model", str(model), "--port", str(self.port)]
-            + ["--threads", "1", "--log-level", "warning", *args],
+            + ["--threads", str(threads), "--log-level", "warning", *args],
             cwd=REPO,
             env=env or child_env(),
             stdout=self.log,

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pexpect
 import pytest
 from conftest_server import PYTHON, REPO, STYLES, build_tiny_model, child_env, tiny_gpt
 
-from bardlet.chat import DEFAULT_STYLE, Chat, command, fit_conversation, load_styles, repl
+from bardlet.chat import Chat, command, repl
 from bardlet.data.chat_template import render_prompt
-from bardlet.runtime import OnnxLM, Sampling
+from bardlet.runtime.conversation import fit_conversation, load_styles
+from bardlet.runtime.sampling import Sampling, Style
+from bardlet.runtime.session import OnnxLM
 
 TIMEOUT = 20  # for each interaction; starting a chat (imports, model load) gets STARTUP
 STARTUP = 120
@@ -251,20 +254,44 @@ def test_fit_conversation_keeps_order_and_system_messages(short_model):
 
 
 def test_styles_come_from_beside_the_model(model_dir, tmp_path):
-    assert load_styles(model_dir / "model.onnx") == STYLES == load_styles(model_dir)
+    saved = {name: s.model_dump(mode="json") for name, s in load_styles(model_dir).items()}
+    assert saved == STYLES and load_styles(model_dir / "model.onnx") == load_styles(model_dir)
     bare = tmp_path / "bare"
     bare.mkdir()
-    assert load_styles(bare / "model.onnx") == {"default": DEFAULT_STYLE}  # no styles.json
+    assert load_styles(bare / "model.onnx") == {"default": Style()}  # no styles.json
     (bare / "styles.json").write_text(json.dumps({"pirate": {"system": "Arr.", "top_k": 5}}))
     styles = load_styles(bare)
     assert list(styles) == ["default", "pirate"]  # a chat always has a default to start from
-    assert styles["pirate"] == {**DEFAULT_STYLE, "system": "Arr.", "top_k": 5}
-    (bare / "styles.json").write_text(json.dumps({"pirate": {"colour": "red"}}))
-    with pytest.raises(ValueError, match=r"unknown keys \['colour'\].*dvc repro export"):
-        load_styles(bare)
-    (bare / "styles.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="is not a styles file"):
-        load_styles(bare)
+    assert styles["pirate"] == Style(system="Arr.", top_k=5)
+    # Each value is checked by type and range, and the error names the key and the fix.
+    for bad, where in (
+        ({"pirate": {"colour": "red"}}, "pirate.colour"),
+        ({"pirate": {"temperature": "hot"}}, "pirate.temperature"),
+        ({"pirate": {"top_k": -1}}, "pirate.top_k"),
+        ([1, 2], "is not a styles file"),
+    ):
+        (bare / "styles.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=rf"{re.escape(where)}.*dvc repro export"):
+            load_styles(bare)
+
+
+def test_a_transcript_is_checked_by_type_and_range_before_anything_changes(short_model, tmp_path):
+    chat = Chat(short_model, Sampling(temperature=0), max_new_tokens=8)
+    "".join(chat.reply("Hello"))
+    before = (list(chat.messages), chat.settings, chat.system)
+    good = chat.to_dict()
+    for change, named in (
+        ({"settings": {**good["settings"], "top_k": 1e400}}, "settings.top_k"),
+        ({"settings": {**good["settings"], "seed": -5}}, "settings.seed"),
+        ({"settings": {**good["settings"], "temperature": "hot"}}, "settings.temperature"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": "x"}] * 20_000}, "messages"),
+    ):
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps({**good, **change}).replace("Infinity", "1e400"))
+        with pytest.raises(ValueError, match=re.escape(named)):
+            chat.load(path)
+        assert (chat.messages, chat.settings, chat.system) == before
 
 
 def test_a_training_checkpoint_folder_is_exported_on_the_fly(tmp_path, small_tokenizer):
@@ -272,6 +299,7 @@ def test_a_training_checkpoint_folder_is_exported_on_the_fly(tmp_path, small_tok
 
     network = tiny_gpt(small_tokenizer)
     checkpoint.save(network, tmp_path / "models/chat", {"tokenizer_hash": small_tokenizer.hash})
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # the project's settings
     (tmp_path / "models/tokenizer").mkdir(parents=True)
     small_tokenizer.save(tmp_path / "models/tokenizer/bpe.json")
 

@@ -79,3 +79,34 @@ def test_chat_styles_are_checked():
     del raw["chat"]["styles"]["default"]
     with pytest.raises(ParamsError, match=r"chat: .*'default' preset"):
         validate_params(raw)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("pretrain", "learning_rate", 1e6),  # diverges into NaN at once
+        ("pretrain", "learning_rate", 0),
+        ("pretrain", "max_steps", True),  # a YAML `true` is not the number 1
+        ("sft", "batch_size", 8.5),
+        ("model", "n_layer", 0),
+        ("model", "dropout", 1.0),
+        ("export", "int8", "yes"),
+        ("evaluate", "seed", -1),
+    ],
+)
+def test_absurd_values_are_refused_with_the_key(section, key, value):
+    raw = raw_params()
+    raw[section][key] = value
+    with pytest.raises(ParamsError, match=rf"{section}\.{key}"):
+        validate_params(raw)
+
+
+def test_every_value_lives_in_params_yaml():
+    """The classes hold types and bounds, not a second set of defaults: leaving a key out of
+    params.yaml is an error that names it."""
+    for section in ("pretrain", "model", "export", "evaluate"):
+        raw = raw_params()
+        key = next(iter(raw[section]))
+        del raw[section][key]
+        with pytest.raises(ParamsError, match=rf"{section}\.{key}: required key is missing"):
+            validate_params(raw)

@@ -16,7 +16,7 @@ SCRIPT = """
 import json, sys, numpy as np, torch
 from pathlib import Path
 from safetensors.torch import save_model
-from bardlet.config import TrainParams
+from bardlet.config import TrainParams, load_params
 from bardlet.data.loaders import TokenWindows
 from bardlet.model import GPT, GPTConfig
 from bardlet.training import distributed
@@ -26,14 +26,15 @@ out, grad_accum = Path(sys.argv[1]), int(sys.argv[2])
 device = distributed.init()
 torch.set_num_threads(1)
 torch.manual_seed(0)
-model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)).to(device)
+model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, mlp_ratio=8 / 3, dropout=0.0, tie_embeddings=True)).to(device)
 tokens = np.random.default_rng(0).integers(0, 64, 5000).astype(np.uint16)
 data = TokenWindows(tokens, 16, 4, seed=1)
 val = [data.batch(10_000)]
-params = TrainParams(max_steps=12, batch_size=4, grad_accum=grad_accum, learning_rate=1e-2,
-                     warmup_steps=2, eval_interval=4, eval_batches=1, log_interval=4,
-                     threads=1, keep_best=False)
-result = train(model, data, lambda: val, params, np.ones(64, dtype=np.int64))
+base = load_params(Path("PARAMS_YAML")).sft.model_dump()
+params = TrainParams(**{**base, **dict(max_steps=12, batch_size=4, grad_accum=grad_accum,
+                     learning_rate=1e-2, warmup_steps=2, eval_interval=4, eval_batches=1,
+                     log_interval=4, threads=1, keep_best=False)})
+result = train(model, data, val, params, np.ones(64, dtype=np.int64))
 if distributed.is_main():
     save_model(model, str(out / "final.safetensors"))
     (out / "history.json").write_text(json.dumps(result.history))
@@ -48,7 +49,7 @@ def run(command: list[str]) -> None:
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     script = tmp_path / "ddp_script.py"
-    script.write_text(SCRIPT)
+    script.write_text(SCRIPT.replace("PARAMS_YAML", str(REPO / "params.yaml")))
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     single.mkdir()
     ddp.mkdir()

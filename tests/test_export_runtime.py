@@ -1,5 +1,6 @@
 """ONNX export, parity with PyTorch, and the torch-free runtime, chat and CLI on top of it."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ from bardlet.chat import Chat, repl
 from bardlet.data.chat_template import render_prompt
 from bardlet.export import check_parity, export_onnx
 from bardlet.model import GPT, GPTConfig
-from bardlet.runtime import OnnxLM, Sampling, sample
+from bardlet.runtime.sampling import Sampling, sample
+from bardlet.runtime.session import OnnxLM
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +24,14 @@ def exported(tmp_path_factory, small_tokenizer) -> tuple[Path, GPT]:
     folder = tmp_path_factory.mktemp("onnx")
     torch.manual_seed(0)
     config = GPTConfig(
-        vocab_size=small_tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32
+        vocab_size=small_tokenizer.vocab_size,
+        block_size=64,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        mlp_ratio=8 / 3,
+        dropout=0.0,
+        tie_embeddings=True,
     )
     model = GPT(config).eval()
     export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": small_tokenizer.hash})
@@ -41,7 +50,13 @@ def test_runtime_greedy_matches_pytorch_generate(exported, small_tokenizer):
     lm = OnnxLM(folder)
     prompt = small_tokenizer.encode("ROMEO: ")
     ours = list(lm.stream(prompt, 20, Sampling(temperature=0)))
-    assert ours == model.generate(prompt, 20, temperature=0.0)
+    expected, ids, past = [], torch.tensor([prompt]), None
+    with torch.no_grad():
+        for _ in range(20):  # PyTorch's greedy tokens, with its own KV cache
+            logits, _, past = model(ids, past=past)
+            expected.append(int(logits[0, -1].argmax()))
+            ids = torch.tensor([expected[-1:]])
+    assert ours == expected
     # Batched prompt through the graph: dynamic batch dimension.
     logits, present = lm.forward(np.array([prompt, prompt]), lm.empty_cache(batch=2))
     assert logits.shape == (2, len(prompt), small_tokenizer.vocab_size)
@@ -75,7 +90,7 @@ def test_sampling_rules():
     assert sample(logits, Sampling(temperature=0), rng) == 1
     assert {sample(logits, Sampling(temperature=1.0, top_k=1), rng) for _ in range(20)} == {1}
     assert {sample(logits, Sampling(temperature=1.0, top_p=0.01), rng) for _ in range(20)} == {1}
-    top2 = {sample(logits, Sampling(temperature=5.0, top_k=2), rng) for _ in range(200)}
+    top2 = {sample(logits, Sampling(temperature=2.0, top_k=2), rng) for _ in range(200)}
     assert top2 == {1, 2}
     a = [sample(logits, Sampling(temperature=2.0), np.random.default_rng(7)) for _ in range(5)]
     b = [sample(logits, Sampling(temperature=2.0), np.random.default_rng(7)) for _ in range(5)]
@@ -115,7 +130,9 @@ def test_repl_commands(exported):
 
 def test_runtime_and_chat_do_not_import_torch():
     code = (
-        "import sys, bardlet.runtime, bardlet.chat, bardlet.cli\n"
+        "import sys, bardlet.chat, bardlet.cli, bardlet.server.app\n"
+        "import bardlet.runtime.session, bardlet.runtime.generation\n"
+        "import bardlet.runtime.conversation, bardlet.runtime.evaluate\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print('clean')"
     )
@@ -136,12 +153,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_generate_prints_only_the_text_and_is_seeded(exported):
     model = str(exported[0] / "model.onnx")
-    args = ["generate", "ROMEO:", "--max-new-tokens", "12", "--seed", "3", "--model", model]
+    args = ["generate", "ROMEO:", "-n", "12", "--seed", "3", "--ignore-end", "--model", model]
     first, again = run_cli(*args), run_cli(*args)
     assert first.returncode == 0, first.stderr
     assert first.stdout == again.stdout
     assert first.stdout.strip() and "ROMEO:" not in first.stdout[:6]
-    other = run_cli("generate", "ROMEO:", "-n", "12", "--seed", "4", "--model", model)
+    other = run_cli(
+        "generate", "ROMEO:", "-n", "12", "--seed", "4", "--ignore-end", "--model", model
+    )
     assert other.stdout != first.stdout
 
 
@@ -149,3 +168,31 @@ def test_cli_reports_a_missing_model_clearly(tmp_path):
     done = run_cli("generate", "hi", "--model", str(tmp_path / "nope.onnx"))
     assert done.returncode == 2
     assert "make pipeline" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_damaged_model_files_get_one_line_naming_the_file_and_the_fix(exported, tmp_path):
+    folder, model = exported
+    onnx_dir = tmp_path / "onnx"
+    shutil.copytree(folder, onnx_dir)
+    (onnx_dir / "model.onnx").write_bytes((folder / "model.onnx").read_bytes()[:5000])
+    done = run_cli("generate", "hi", "--model", str(onnx_dir))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "model.onnx is not a readable ONNX model" in done.stderr
+    assert "dvc repro export" in done.stderr
+
+    from bardlet.training import checkpoint
+
+    chat = tmp_path / "models/chat"
+    checkpoint.save(model, chat, {"tokenizer_hash": "unused"})
+    weights = (chat / "model.safetensors").read_bytes()
+    for name, damage in (
+        ("model.safetensors", weights[: len(weights) // 2]),
+        ("config.json", b'{"model": {"n_layer": '),
+    ):
+        original = (chat / name).read_bytes()
+        (chat / name).write_bytes(damage)
+        with pytest.raises(ValueError, match=rf"{name} is damaged .*dvc checkout"):
+            checkpoint.load(chat)
+        (chat / name).write_bytes(original)
+    assert checkpoint.load(chat)[1]["tokenizer_hash"] == "unused"

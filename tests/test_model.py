@@ -6,7 +6,8 @@ from bardlet.model import GPT, GPTConfig
 
 def tiny(**overrides) -> GPT:
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32, **overrides)
+    shape = dict(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32, mlp_ratio=8 / 3)
+    config = GPTConfig(**{**shape, "dropout": 0.0, "tie_embeddings": True, **overrides})
     return GPT(config).eval()
 
 
@@ -56,15 +57,6 @@ def test_loss_ignores_minus_one_targets():
         logits, loss, _ = model(ids, targets)
     expected = torch.nn.functional.cross_entropy(logits[0, 3:4], torch.tensor([5]))
     assert loss is not None and torch.allclose(loss, expected)
-
-
-def test_generate_greedy_is_deterministic_and_respects_stops():
-    model = tiny()
-    first = model.generate([1, 2, 3], 10, temperature=0.0)
-    assert first == model.generate([1, 2, 3], 10, temperature=0.0)
-    assert len(first) == 10
-    stopped = model.generate([1, 2, 3], 10, temperature=0.0, stop_ids=(first[2],))
-    assert stopped == first[: first.index(first[2])]
 
 
 def test_input_longer_than_context_is_a_clear_error():

@@ -444,6 +444,111 @@ def test_second_repro_is_a_no_op(project):
     assert "up to date" in status
 
 
+DISK_FULL = """
+set -e
+real=$(mktemp -d)
+cp -a "$TARGET/." "$real/"                      # what the folder holds now
+mount -t tmpfs -o size=1G tmpfs "$TARGET"
+cp -a "$real/." "$TARGET/"
+used=$(df -k --output=used "$TARGET" | tail -1 | tr -d " ")
+mount -o remount,size="${used}k" "$TARGET"   # full: the next page written fails
+set +e
+"$PYTHON" -m "stages.$STAGE" > "$LOG" 2>&1
+echo "exit $?" >> "$LOG"
+"$PYTHON" - "$real" "$TARGET" >> "$LOG" <<'CHECK'
+import hashlib, pathlib, sys
+def tree(root):
+    root = pathlib.Path(root)
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file()}
+before, after = tree(sys.argv[1]), tree(sys.argv[2])
+print("changed", sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)))
+CHECK
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+@pytest.mark.parametrize(
+    ("stage", "folder"),
+    [
+        ("prepare", "data"),
+        ("tokenizer", "models"),
+        ("shard", "data"),
+        ("pretrain", "models"),
+        ("sft", "models"),
+        ("evaluate", "reports"),
+        ("export", "models"),
+        ("report", "reports"),
+    ],
+)
+def test_a_full_disk_leaves_the_previous_outputs_whole(project, tmp_path, stage, folder):
+    """Each stage, run by hand as `python -m stages.<name>`, on a disk that fills up while it
+    writes (a small tmpfs over its output folder, in a private mount namespace): it fails,
+    and every file it had made before is byte-identical, with no temporary file left behind.
+    (`dvc repro` itself deletes a stage's outs before running it; they stay in DVC's cache,
+    and `dvc checkout` brings them back.)"""
+    log = tmp_path / "stage.log"
+    env = {
+        **os.environ,
+        "TARGET": str(project / folder),
+        "STAGE": stage,
+        "PYTHON": sys.executable,
+        "LOG": str(log),
+        "BARDLET_DATA_MIRROR": str(mirror_dir()),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",  # not the project's
+    }
+    done = subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "sh", "-c", DISK_FULL],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
+    assert log.exists(), done.stdout + done.stderr  # the set-up ran to the stage
+    out = log.read_text()
+    assert "exit 0" not in out, out[-3000:]
+    assert "No space left on device" in out, out[-3000:]  # the disk filled, nothing else
+    assert "changed []" in out, out[-3000:]
+
+
+def test_a_diverged_model_is_never_exported_or_registered(project, tmp_path):
+    """A chat model with NaN weights (what a diverged run would have made): export fails on
+    parity, models/onnx stays as it was, and no model version is registered."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = project / "models/chat/model.safetensors"
+    saved = tmp_path / "model.safetensors"
+    shutil.copy2(weights, saved)
+    before = {p.name: p.read_bytes() for p in (project / "models/onnx").iterdir()}
+    versions = len(mlflow_client(project).search_model_versions("name='bardlet'"))
+    tensors = load_file(str(weights))
+    tensors = {k: torch.full_like(v, float("nan")) for k, v in tensors.items()}
+    save_file(tensors, str(weights))
+    try:
+        env = {**os.environ, "BARDLET_DATA_MIRROR": str(mirror_dir())}
+        env.pop("MLFLOW_TRACKING_URI")  # the project's own store
+        done = subprocess.run(
+            [sys.executable, "-m", "stages.export"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        shutil.copy2(saved, weights)
+    assert done.returncode != 0
+    assert "parity failed" in done.stderr and "not finite" in done.stderr, done.stderr[-2000:]
+    after = {p.name: p.read_bytes() for p in (project / "models/onnx").iterdir()}
+    assert after == before
+    assert not list((project / "models").glob(".*.staging"))  # nothing left behind
+    assert len(mlflow_client(project).search_model_versions("name='bardlet'")) == versions
+
+
 def test_changing_one_key_reruns_only_dependent_stages(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["sft"]["max_steps"] = 4

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from bardlet import report
+from bardlet.markdown import fenced, fmt_bytes, table
 from bardlet.report import ReportPaths, make_report, write_report
 from bardlet.tokenizer import Tokenizer
 
@@ -310,6 +311,22 @@ def test_peak_flops_gives_mfu() -> None:
     measured = report.train_speed({"tokens": 160}, {"tokens_per_second": 75.0}, {}, None)
     assert measured["tokens_per_s"] == 75.0 and "mfu" not in measured  # no params: no FLOPs
     assert report.train_speed({"tokens": 160}, None, {}, None)["tokens_per_s"] is None
+
+
+def test_markdown_tables_and_numbers() -> None:
+    """The one table helper (report, model card, bench scripts): alignment, formatting, `|`."""
+    rows = [("a | b", 1234, 0.5, None), ("c", 2.0, 1e-5, True)]
+    assert table("name | n | x | flag", rows, align="lr").splitlines() == [
+        "| name | n | x | flag |",
+        "| --- | ---: | ---: | ---: |",
+        "| a \\| b | 1,234 | 0.5 | n/a |",
+        "| c | 2 | 1.000e-05 | true |",
+    ]
+    assert table(("k", "v"), [("x", "y")]).splitlines()[1] == "| --- | --- |"  # all left
+    assert table(["t", "k", "c", "n"], [], align="rllr").endswith("| ---: | --- | --- | ---: |")
+    assert [fmt_bytes(n) for n in (999, 273_700, 7_573_363, None)] == [
+        "999 B", "273.7 KB", "7.6 MB", "n/a"]  # fmt: skip
+    assert fenced("x ```y```") == "````text\nx ```y```\n````"
 
 
 def test_missing_pieces_say_not_available(project: Path) -> None:

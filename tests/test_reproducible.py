@@ -92,3 +92,24 @@ def test_the_offline_plots_template_is_what_the_script_writes(tmp_path):
     assert "<script src" not in committed.read_text()  # nothing loaded from elsewhere
     config = (REPO / ".dvc/config").read_text()
     assert "html_template = plots_offline.html" in config
+
+
+def test_every_locked_package_is_pinned_with_its_hashes():
+    """pip's hash-checking mode: each line of requirements.lock is `name==version` with the
+    sha256 of its files, and make installs with --require-hashes (torch, whose build differs
+    per machine, comes first by its exact version)."""
+    lock = (REPO / "requirements.lock").read_text()
+    assert "scripts/lock.sh" in lock.splitlines()[1]  # the command that made it, at the top
+    lines = lock.splitlines()
+    pinned = 0
+    for i, line in enumerate(lines):
+        if line and not line.startswith((" ", "#")):
+            name = line.split(" ")[0]
+            assert "==" in name, f"{name}: not pinned to one version"
+            assert lines[i + 1].strip().startswith("--hash=sha256:"), f"{name}: no hash"
+            pinned += 1
+    assert pinned > 200
+    makefile = (REPO / "Makefile").read_text()
+    assert "--require-hashes --no-deps -r requirements.lock" in makefile
+    assert "pip install --quiet --disable-pip-version-check torch==2.13.0" in makefile
+    assert "torch==2.13.0" in (REPO / "pyproject.toml").read_text()  # the same version

@@ -15,6 +15,7 @@ from bardlet.config import TrainParams
 from bardlet.model import GPT, GPTConfig
 from bardlet.training import checkpoint
 from bardlet.training.loop import learning_rate, train
+from tests.conftest import train_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,22 +23,23 @@ SCRIPT = """
 import sys, numpy as np, torch
 from pathlib import Path
 from safetensors.torch import save_model
-from bardlet.config import TrainParams
+from bardlet.config import TrainParams, load_params
 from bardlet.data.loaders import TokenWindows
 from bardlet.model import GPT, GPTConfig
 from bardlet.training.loop import train
 
 out = Path(sys.argv[1])
+base = load_params("PARAMS_YAML").sft.model_dump()
 torch.set_num_threads(1)
 torch.manual_seed(0)
-model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1))
+model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1, mlp_ratio=8 / 3, tie_embeddings=True))
 tokens = np.random.default_rng(0).integers(0, 64, 5000).astype(np.uint16)
 data = TokenWindows(tokens, 16, 4, seed=1)
 val = [data.batch(10_000)]
-params = TrainParams(max_steps=40, batch_size=4, learning_rate=1e-2, warmup_steps=3,
-                     eval_interval=10, eval_batches=1, log_interval=1, checkpoint_interval=3,
-                     keep_checkpoints=2, threads=1, seed=5, keep_best=sys.argv[4] == "best",
-                     ema_decay=float(sys.argv[3]))
+params = TrainParams(**{**base, **dict(max_steps=40, batch_size=4, learning_rate=1e-2,
+                     warmup_steps=3, eval_interval=10, eval_batches=1, log_interval=1,
+                     checkpoint_interval=3, keep_checkpoints=2, threads=1, seed=5,
+                     keep_best=sys.argv[4] == "best", ema_decay=float(sys.argv[3]))})
 step_delay = float(sys.argv[2])
 
 class Slow:  # gives the test time to kill us mid-run
@@ -45,7 +47,7 @@ class Slow:  # gives the test time to kill us mid-run
         import time; time.sleep(step_delay)
         return data.batch(step)
 
-train(model, Slow(), lambda: val, params, np.ones(64, dtype=np.int64),
+train(model, Slow(), val, params, np.ones(64, dtype=np.int64),
       checkpoint_dir=out / "ckpt", log=lambda line: print(line, flush=True))
 save_model(model, str(out / "final.safetensors"))
 print("finished", flush=True)
@@ -56,7 +58,7 @@ def launch(
     tmp: Path, folder: str, delay: float = 0.0, ema: float = 0.0, keep: str = "last"
 ) -> subprocess.Popen:
     script = tmp / "train_script.py"
-    script.write_text(SCRIPT)
+    script.write_text(SCRIPT.replace("PARAMS_YAML", str(REPO / "params.yaml")))
     (tmp / folder).mkdir(exist_ok=True)
     return subprocess.Popen(
         [sys.executable, str(script), str(tmp / folder), str(delay), str(ema), keep],
@@ -137,8 +139,9 @@ def tiny_params(**overrides) -> TrainParams:
         log_interval=3,
         checkpoint_interval=2,
         keep_checkpoints=2,
+        warmup_steps=0,
     )
-    return TrainParams(**{**base, **overrides})
+    return train_params(**{**base, **overrides})
 
 
 def test_checkpoints_from_other_settings_are_not_resumed(tmp_path):
@@ -151,16 +154,27 @@ def test_checkpoints_from_other_settings_are_not_resumed(tmp_path):
 
     def model() -> GPT:
         torch.manual_seed(0)
-        return GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=1, n_embd=8))
+        return GPT(
+            GPTConfig(
+                vocab_size=50,
+                block_size=8,
+                n_layer=1,
+                n_head=1,
+                n_embd=8,
+                mlp_ratio=8 / 3,
+                dropout=0.0,
+                tie_embeddings=True,
+            )
+        )
 
     logs: list[str] = []
-    train(model(), data, lambda: [data.batch(99)], tiny_params(), ones, tmp_path, log=logs.append)
+    train(model(), data, [data.batch(99)], tiny_params(), ones, tmp_path, log=logs.append)
     assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ["step-000004", "step-000006"]
     logs.clear()
     train(
         model(),
         data,
-        lambda: [data.batch(99)],
+        [data.batch(99)],
         tiny_params(learning_rate=2e-2),
         ones,
         tmp_path,
@@ -172,13 +186,64 @@ def test_checkpoints_from_other_settings_are_not_resumed(tmp_path):
     train(
         model(),
         data,
-        lambda: [data.batch(99)],
+        [data.batch(99)],
         tiny_params(learning_rate=2e-2),
         ones,
         tmp_path,
         log=logs.append,
     )
     assert any("resuming from" in line for line in logs)
+    # Settings that only change how often it logs, measures or saves keep the checkpoints.
+    for cosmetic in (
+        {"log_interval": 1},
+        {"eval_interval": 2},
+        {"eval_batches": 3},
+        {"checkpoint_interval": 5},
+    ):
+        logs.clear()
+        settings = tiny_params(learning_rate=2e-2, **cosmetic)
+        train(model(), data, [data.batch(99)], settings, ones, tmp_path, log=logs.append)
+        assert any("resuming from" in line for line in logs), cosmetic
+
+
+def test_training_stops_at_the_first_non_finite_loss_and_keeps_the_last_good_checkpoint(
+    tmp_path,
+):
+    import math
+
+    import numpy as np
+
+    from bardlet.data.loaders import TokenWindows
+    from bardlet.training.loop import Diverged
+
+    data = TokenWindows(np.arange(500, dtype=np.uint16) % 50, 8, 2, seed=0)
+    torch.manual_seed(0)
+    network = GPT(
+        GPTConfig(
+            vocab_size=50,
+            block_size=8,
+            n_layer=1,
+            n_head=1,
+            n_embd=8,
+            mlp_ratio=8 / 3,
+            dropout=0.0,
+            tie_embeddings=True,
+        )
+    )
+    calls = {"n": 0}
+
+    def poison(_module, _inputs, output):  # from the 3rd training step on, NaN logits
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] >= 3 else output
+
+    network.lm_head.register_forward_hook(poison)
+    settings = tiny_params(eval_interval=100, checkpoint_interval=2)
+    with pytest.raises(Diverged, match=r"diverged at step 3: the loss is nan.*learning rate"):
+        train(network, data, [data.batch(99)], settings, np.ones(50), tmp_path)
+    assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ["step-000002"]
+    weights = load_file(str(tmp_path / "step-000002" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not math.isnan(float(network.tok_emb.weight.detach().sum()))  # never stepped on NaN
 
 
 @pytest.mark.parametrize("step,expected", [(0, 0.1), (9, 1.0), (50, 1.0), (79, 1.0), (99, 0.145)])

@@ -12,11 +12,13 @@ import torch
 from conftest_server import build_marker_model
 
 from bardlet.data.loaders import TokenWindows
-from bardlet.evaluation import measure, token_byte_lengths
+from bardlet.evaluation import measure
 from bardlet.export import export_onnx, quantize_int8
 from bardlet.model import GPT, GPTConfig
-from bardlet.runtime import OnnxLM, Sampling, cut_at_stop, measure_onnx_bpb, sample
-from bardlet.runtime.sampling import penalize
+from bardlet.runtime.evaluate import measure_onnx_bpb
+from bardlet.runtime.generation import Generation, continue_text, stop_cut
+from bardlet.runtime.sampling import Sampling, penalize, sample
+from bardlet.runtime.session import OnnxLM
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +28,14 @@ def exported(tmp_path_factory, small_tokenizer) -> tuple[Path, GPT]:
     folder = tmp_path_factory.mktemp("onnx")
     torch.manual_seed(1)
     config = GPTConfig(
-        vocab_size=small_tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32
+        vocab_size=small_tokenizer.vocab_size,
+        block_size=64,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        mlp_ratio=8 / 3,
+        dropout=0.0,
+        tie_embeddings=True,
     )
     model = GPT(config).eval()
     export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": small_tokenizer.hash})
@@ -90,16 +99,25 @@ def test_sampling_rejects_impossible_settings():
         {"repetition_penalty": 0},
         {"top_k": -1},
         {"stop": ("",)},
+        {"stop": ("a", "b", "c", "d", "e")},  # OpenAI allows four
+        {"temperature": "hot"},
+        {"top_k": float("inf")},  # JSON's 1e400
+        {"top_k": 2.5},
+        {"seed": -5},
+        {"unknown": 1},
     ):
         with pytest.raises(ValueError):
             Sampling(**bad)
-    assert Sampling(stop="\n").stop == ("\n",)
+    settings = Sampling()
+    with pytest.raises(ValueError):  # checked when set, too
+        settings.temperature = -1
 
 
-def test_cut_at_stop():
-    assert cut_at_stop("hello world. more", ["world", "."]) == "hello "
-    assert cut_at_stop("no stops here", ["xyz"]) == "no stops here"
-    assert cut_at_stop("abc", []) == "abc"
+def test_stop_cut():
+    assert stop_cut("hello world. more", ["world", "."], 0, final=True) == (6, True)
+    assert stop_cut("no stops here", ["xyz"], 0, final=True) == (13, False)
+    assert stop_cut("abc", [], 0) == (3, False)
+    assert stop_cut("hello wor", ["world"], 0) == (6, False)  # "wor" may start "world"
 
 
 # ------------------------------------------------------------------ generation
@@ -121,95 +139,77 @@ def test_session_uses_the_thread_settings(lm, exported):
 VARIED = Sampling(temperature=1.0, top_k=0, seed=4)  # a random model's greedy text repeats
 
 
-def test_stream_text_ends_before_a_stop_string_and_never_shows_it(lm):
+def text(lm: OnnxLM, prompt: str, n: int, settings: Sampling, **kwargs) -> str:
+    return continue_text(lm, prompt, n, settings, **kwargs).text()
+
+
+def test_generation_ends_before_a_stop_string_and_never_shows_it(lm):
     ids = [lm.tokenizer.special_id("<|bos|>"), *lm.tokenizer.encode("KING:")]
-    full = lm.generate_text("KING:", 40, VARIED)
+    full = text(lm, "KING:", 40, VARIED, stop_at_end=False)
     assert len(set(full)) > 10
     stop = full[12:15]
     first = full.find(stop)
     stopped = Sampling(temperature=1.0, top_k=0, seed=4, stop=(stop,))
-    pieces = list(lm.stream_text(ids, 40, stopped))
+    pieces = list(Generation(lm, ids, 40, stopped).pieces())
     assert "".join(pieces) == full[:first]
     assert all(stop not in piece for piece in pieces)
     two = Sampling(temperature=1.0, top_k=0, seed=4, stop=("\x00", stop))
-    assert lm.generate_text("KING:", 40, two) == full[:first]
+    assert text(lm, "KING:", 40, two, stop_at_end=False) == full[:first]
     # No stop string: the same text as decoding every token.
-    assert "".join(lm.stream_text(ids, 40, VARIED)) == lm.tokenizer.decode(
-        lm.generate(ids, 40, VARIED)
+    assert Generation(lm, ids, 40, VARIED).text() == lm.tokenizer.decode(
+        list(lm.stream(ids, 40, VARIED))
     )
 
 
-def test_stream_text_holds_back_text_that_may_start_a_stop_string(lm, monkeypatch):
+def test_generation_holds_back_text_that_may_start_a_stop_string(lm, monkeypatch):
     def fake_stream(prompt, max_new_tokens, settings, stop_ids=()):
         yield from "hello caf\u00e9 wor, world!".encode()  # one byte token each
 
     monkeypatch.setattr(lm, "stream", fake_stream)
-    pieces = list(lm.stream_text([1], 50, Sampling(stop=("world",))))
+    pieces = list(Generation(lm, [1], 50, Sampling(stop=("world",))).pieces())
     assert "".join(pieces) == "hello caf\u00e9 wor, "
     assert "\ufffd" not in "".join(pieces)  # the two bytes of the accent came out together
     shown = ""
     for piece in pieces:
         shown += piece
         assert not shown.endswith(("w", "wo", "wor")), pieces  # held back while it could be
-    assert "".join(lm.stream_text([1], 50, Sampling(stop=("worlds",)))) == (
+    assert Generation(lm, [1], 50, Sampling(stop=("worlds",))).text() == (
         "hello caf\u00e9 wor, world!"
     )
-    assert "".join(lm.stream_text([1], 50, Sampling())) == "hello caf\u00e9 wor, world!"
+    assert Generation(lm, [1], 50, Sampling()).text() == "hello caf\u00e9 wor, world!"
 
 
-def test_stop_ids_end_the_stream(lm):
+def test_generation_is_linear_in_the_reply_length(lm, monkeypatch):
+    """Each token is decoded once (an incremental decoder), not the whole reply again."""
+    calls = []
+    token_bytes = lm.tokenizer.token_bytes
+    monkeypatch.setattr(lm.tokenizer, "decode", lambda *a, **k: calls.append(a) or "")
+    monkeypatch.setattr(lm.tokenizer, "token_bytes", lambda i: calls.append(i) or token_bytes(i))
     ids = lm.tokenizer.encode("ROMEO: ")
-    free = lm.generate(ids, 20, VARIED)
+    generation = Generation(lm, ids, 40, VARIED)
+    generation.text()
+    assert len(calls) == len(generation.tokens)  # one token_bytes call per token, no decode
+
+
+def test_stop_ids_end_the_stream_and_finish_reasons(lm):
+    ids = lm.tokenizer.encode("ROMEO: ")
+    free = list(lm.stream(ids, 20, VARIED))
     at = next(i for i in range(3, 20) if free[i] not in free[:i])
-    cut = lm.generate(ids, 20, VARIED, stop_ids=(free[at],))
-    assert cut == free[:at]
+    assert list(lm.stream(ids, 20, VARIED, stop_ids=(free[at],))) == free[:at]
+    stopped = Generation(lm, ids, 20, VARIED, stop_ids=(free[at],))
+    stopped.text()
+    assert stopped.finish_reason == "stop" and stopped.usage()["completion_tokens"] == at
+    full = Generation(lm, ids, 20, VARIED)
+    full.text()
+    assert full.finish_reason == "length" and full.usage()["completion_tokens"] == 20
 
 
 def test_repetition_penalty_changes_a_greedy_reply(lm):
     ids = lm.tokenizer.encode("ROMEO: ")
-    plain = lm.generate(ids, 30, Sampling(temperature=0))
-    penalized = lm.generate(ids, 30, Sampling(temperature=0, repetition_penalty=5.0))
+    plain = list(lm.stream(ids, 30, Sampling(temperature=0)))
+    penalized = list(lm.stream(ids, 30, Sampling(temperature=0, repetition_penalty=5.0)))
     assert plain != penalized
     assert len(set(penalized)) >= len(set(plain))
-
-
-def test_batched_generation_matches_one_prompt_at_a_time(lm):
-    texts = ["ROMEO:", "O", "What light through yonder window breaks?", "KING HENRY: My lord"]
-    prompts = [lm.tokenizer.encode(t) for t in texts]
-    assert len({len(p) for p in prompts}) == len(prompts)  # all different lengths
-    for settings in (
-        Sampling(temperature=0),
-        Sampling(temperature=1.0, top_k=40, top_p=0.9, min_p=0.02, seed=11),
-        Sampling(temperature=0.7, repetition_penalty=1.3, seed=3),
-    ):
-        alone = [lm.generate(p, 12, settings) for p in prompts]
-        assert lm.generate_batch(prompts, 12, settings) == alone
-
-
-def test_batched_generation_with_stops_budgets_and_seeds(lm):
-    prompts = [lm.tokenizer.encode(t) for t in ("ROMEO: ", "JULIET: O Romeo,")]
-    greedy = Sampling(temperature=0)
-    first = lm.generate(prompts[0], 15, VARIED)
-    at = next(i for i in range(3, 15) if first[i] not in first[:i])
-    expected = [lm.generate(p, 15, VARIED, stop_ids=(first[at],)) for p in prompts]
-    assert lm.generate_batch(prompts, 15, VARIED, stop_ids=(first[at],)) == expected
-    assert len(expected[0]) == at and expected[0] == first[:at]
-    # Near the end of the 64-token context, each row gets only the room it has.
-    long = lm.tokenizer.encode("word " * 60)[:60]
-    out = lm.generate_batch([long, prompts[0]], 10, greedy)
-    assert [len(r) for r in out] == [4, 10]
-    assert out[0] == lm.generate(long, 10, greedy)
-    # One seed per row.
-    sampled = Sampling(temperature=1.0, top_k=0, seed=None)
-    rows = lm.generate_batch([prompts[0], prompts[0]], 10, sampled, seeds=[1, 2])
-    assert rows[0] == lm.generate(prompts[0], 10, Sampling(temperature=1.0, top_k=0, seed=1))
-    assert rows[1] == lm.generate(prompts[0], 10, Sampling(temperature=1.0, top_k=0, seed=2))
-    texts = lm.generate_text_batch(["ROMEO:", "KING:"], 10, greedy)
-    assert texts == [lm.generate_text(t, 10, greedy) for t in ("ROMEO:", "KING:")]
-    with pytest.raises(ValueError, match="seeds"):
-        lm.generate_batch(prompts, 5, greedy, seeds=[1])
-    with pytest.raises(ValueError, match="empty"):
-        lm.generate_batch([[]], 5, greedy)
 
 
 # ------------------------------------------------------------------ int8 and bits per byte
@@ -227,7 +227,7 @@ def test_int8_variant_keeps_the_metadata_and_loads_in_the_runtime(exported):
     assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
     lm8 = OnnxLM(folder / "model.int8.onnx")
     assert lm8.info["quantization"].startswith("int8")
-    assert lm8.generate_text("ROMEO:", 5, Sampling(temperature=0))
+    assert list(lm8.stream([1, 2, 3], 5, Sampling(temperature=0)))
 
 
 def test_quantize_refuses_a_graph_without_metadata(tmp_path, exported):
@@ -242,7 +242,7 @@ def test_quantize_refuses_a_graph_without_metadata(tmp_path, exported):
 def test_onnx_bits_per_byte_match_pytorch_and_int8_is_close(exported, small_tokenizer, shakespeare):
     folder, model = exported
     tokens = np.array(small_tokenizer.encode(shakespeare[-6000:]), dtype=np.int64)
-    lengths = token_byte_lengths(small_tokenizer)
+    lengths = np.array(small_tokenizer.byte_lengths())
 
     def batches():
         return TokenWindows(tokens, 64, batch_size=4, seed=0).sequential()
@@ -269,8 +269,8 @@ def test_onnx_bits_per_byte_match_pytorch_and_int8_is_close(exported, small_toke
 
 def test_runtime_package_does_not_import_torch_or_onnx():
     code = (
-        "import sys, bardlet.runtime\n"
-        "from bardlet.runtime import measure_onnx_bpb, OnnxLM\n"
+        "import sys, bardlet.runtime.evaluate, bardlet.runtime.generation\n"
+        "import bardlet.runtime.conversation, bardlet.runtime.session\n"
         "heavy = ('torch', 'onnx', 'bardlet.export', 'bardlet.model')\n"
         "bad = [m for m in heavy if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -297,7 +297,7 @@ def test_plain_text_ends_at_end_and_never_shows_a_special_token(tmp_path, small_
     def text_of(part: list[int]) -> str:
         return tokenizer.decode([t for t in part if t not in specials])
 
-    assert lm.generate_text("KING:", 40, settings) == text_of(before)
-    everything = lm.generate_text("KING:", 40, settings, stop_at_end=False)
+    assert text(lm, "KING:", 40, settings) == text_of(before)
+    everything = text(lm, "KING:", 40, settings, stop_at_end=False)
     assert everything == text_of(tokens)
     assert not any(name in everything for name in tokenizer.special_tokens)

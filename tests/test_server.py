@@ -11,12 +11,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest_server import REPO, Server, build_tiny_model, child_env
+from conftest_server import REPO, STYLES, Server, build_tiny_model, child_env
 from openai import OpenAI
 
-from bardlet.chat import decode_pieces, special_ids
+from bardlet.chat import Chat
 from bardlet.data.chat_template import render_prompt
-from bardlet.runtime import OnnxLM, Sampling
+from bardlet.runtime.generation import Generation
+from bardlet.runtime.sampling import Sampling
+from bardlet.runtime.session import OnnxLM
 
 KEY = "s3cret-key"
 TIMEOUT = 30.0
@@ -59,8 +61,8 @@ def lm(model_dir) -> OnnxLM:
 def expected_reply(lm: OnnxLM, messages, max_tokens: int, settings: Sampling) -> str:
     """What the model says, computed in this process with the runtime alone."""
     prompt = render_prompt(lm.tokenizer, messages)
-    tokens = lm.stream(prompt, max_tokens, settings, special_ids(lm.tokenizer))
-    return "".join(decode_pieces(lm.tokenizer, tokens))
+    stop_ids = sorted(lm.tokenizer.special_tokens.values())
+    return Generation(lm, prompt, max_tokens, settings, stop_ids).text()
 
 
 HELLO = [{"role": "user", "content": "Who art thou, and whence comest thou?"}]
@@ -143,8 +145,8 @@ def test_completions_continue_plain_text(client, lm):
     done = client.completions.create(model="bardlet", prompt="ROMEO:", max_tokens=12, temperature=0)
     bos = lm.tokenizer.special_id("<|bos|>")
     ids = [bos, *lm.tokenizer.encode("ROMEO:")]
-    tokens = lm.stream(ids, 12, Sampling(temperature=0), special_ids(lm.tokenizer))
-    assert done.choices[0].text == "".join(decode_pieces(lm.tokenizer, tokens))
+    stop_ids = sorted(lm.tokenizer.special_tokens.values())
+    assert done.choices[0].text == Generation(lm, ids, 12, Sampling(temperature=0), stop_ids).text()
     streamed = client.completions.create(
         model="bardlet", prompt="ROMEO:", max_tokens=12, temperature=0, stream=True
     )
@@ -168,11 +170,26 @@ def test_concurrent_requests_each_get_their_own_reply(client, lm):
 
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         got = list(pool.map(ask, jobs, timeout=60))
+    top_p = STYLES["default"]["top_p"]  # what the request leaves out comes from the style
     want = [
-        expected_reply(lm, m, 30, Sampling(temperature=1.0, top_k=0, seed=s)) for m, s, _ in jobs
+        expected_reply(lm, m, 30, Sampling(temperature=1.0, top_k=0, top_p=top_p, seed=s))
+        for m, s, _ in jobs
     ]
     assert got == want
     assert len(set(got)) > 1
+
+
+def test_the_api_and_the_terminal_chat_sample_alike_under_the_same_style(client, model_dir):
+    """No sampling fields in the request: the server samples as `bardlet chat` does with its
+    default style (temperature, top-k and top-p all from styles.json)."""
+    assert {"temperature", "top_k", "top_p"} <= set(STYLES["default"])
+    for seed in (1, 2, 3):
+        done = client.chat.completions.create(
+            model="bardlet", messages=HELLO, max_tokens=24, seed=seed
+        )
+        chat = Chat(OnnxLM(model_dir), max_new_tokens=24)  # starts in the default style
+        chat.settings.seed = seed
+        assert done.choices[0].message.content == "".join(chat.reply(HELLO[0]["content"]))
 
 
 def test_a_request_completes_while_a_stream_is_open(client, server):
@@ -340,3 +357,112 @@ def test_fuzzed_requests_never_get_a_server_error(server):
 
         check()
     assert len(seen) >= 20
+
+
+# ------------------------------------------------------------------ hardening
+
+
+def test_text_that_is_not_unicode_is_a_400_naming_the_field(server):
+    def post(path: str, body: str) -> httpx.Response:
+        headers = {"content-type": "application/json"}
+        return httpx.post(server.url + path, content=body, headers=headers, timeout=TIMEOUT)
+
+    lone = '"a\\ud800b"'  # valid JSON, but no UTF-8 exists for a lone surrogate
+    chat = error_of(
+        post("/v1/chat/completions", f'{{"messages": [{{"role": "user", "content": {lone}}}]}}'),
+        400,
+    )
+    assert chat["param"] == "messages.0.content" and chat["code"] == "invalid_text"
+    assert "surrogate" in chat["message"]
+    parts = f'{{"messages": [{{"role": "user", "content": [{{"type": "text", "text": {lone}}}]}}]}}'
+    assert error_of(post("/v1/chat/completions", parts), 400)["code"] == "invalid_text"
+    assert error_of(post("/v1/completions", f'{{"prompt": {lone}}}'), 400)["param"] == "prompt"
+    stop = f'{{"messages": [{{"role": "user", "content": "hi"}}], "stop": [{lone}]}}'
+    assert error_of(post("/v1/chat/completions", stop), 400)["code"] == "invalid_text"
+
+
+def test_a_foreign_host_header_is_refused_on_loopback(server):
+    """A page on evil.example whose DNS name turns into 127.0.0.1 (DNS rebinding) sends
+    `Host: evil.example`: refused, while the local names work."""
+    refused = httpx.get(server.url + "/v1/models", headers={"Host": "evil.example"}, timeout=30)
+    assert error_of(refused, 400)["code"] == "invalid_host"
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "localhost"):
+        ok = httpx.get(server.url + "/health", headers={"Host": host}, timeout=TIMEOUT)
+        assert ok.status_code == 200, host
+
+
+def test_a_slow_client_is_disconnected(model_dir):
+    """A client that opens a connection and trickles its request head (a slowloris) is cut
+    off after --read-timeout; so is one that never finishes its body (408)."""
+    import socket
+
+    served = Server(model_dir / "model.onnx", "--read-timeout", "1")
+    try:
+        served.wait_healthy()
+        with socket.create_connection(("127.0.0.1", served.port), timeout=30) as head:
+            head.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+            assert head.recv(1024) == b""  # the server closed it (recv would block otherwise)
+        with socket.create_connection(("127.0.0.1", served.port), timeout=30) as body:
+            body.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"prompt"'
+            )
+            answer = b""
+            while chunk := body.recv(4096):  # until the server closes the connection
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
+        assert httpx.get(served.url + "/health", timeout=TIMEOUT).status_code == 200
+    finally:
+        served.stop()
+
+
+def test_cpu_work_runs_off_the_event_loop(lm, monkeypatch):
+    """Fitting a long conversation happens in a worker thread: while it runs (held here on an
+    event), /health is answered. Were it on the event loop, /health would wait for it."""
+    import asyncio
+    import threading
+
+    from bardlet.server import app as server_app
+
+    started, release = threading.Event(), threading.Event()
+    real = server_app.fit_conversation
+
+    def slow_fit(*args, **kwargs):
+        started.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server_app, "fit_conversation", slow_fit)
+    application = server_app.create_app(lm)
+
+    async def scenario() -> tuple[int, int]:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            body = {"messages": HELLO, "truncation": "auto", "max_tokens": 4, "temperature": 0}
+            big = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            health = await asyncio.wait_for(client.get("/health"), 30)
+            assert not big.done()  # the long request is still being prepared
+            release.set()
+            return health.status_code, (await big).status_code
+
+    assert asyncio.run(scenario()) == (200, 200)
+
+
+def test_truncation_encodes_each_message_once(lm, monkeypatch):
+    """8,000 short messages: fitting them is linear (each encoded once), not one re-render of
+    the whole conversation per dropped pair."""
+    from bardlet.runtime.conversation import fit_conversation
+
+    messages = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}"}
+        for i in range(8_000)
+    ]
+    calls = []
+    encode = lm.tokenizer.encode
+    monkeypatch.setattr(lm.tokenizer, "encode", lambda text: calls.append(1) or encode(text))
+    kept, ids = fit_conversation(lm.tokenizer, messages, None, lm.block_size, 16)
+    assert len(calls) == len(messages)
+    assert kept[-1] == messages[-1] and len(ids) + 16 <= lm.block_size
+    assert ids == render_prompt(lm.tokenizer, kept)

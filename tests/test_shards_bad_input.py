@@ -11,14 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bardlet.data.shards import (
-    MANIFEST,
-    Row,
-    ShardError,
-    read_split,
-    sha256_file,
-    write_split,
-)
+from bardlet.data.shards import MANIFEST, Row, ShardError, read_split, write_split
+from bardlet.files import sha256_file
 
 RERUN = "re-run `dvc repro shard`"
 

@@ -88,6 +88,19 @@ def test_every_stage_lists_the_code_it_runs():
     )
 
 
+def test_no_stage_lists_code_it_does_not_run():
+    """A code dep the stage never imports would re-run it for nothing (and retrain a model
+    because a file it does not use changed)."""
+    extra = {}
+    for name, stage in stages().items():
+        used = {p.relative_to(REPO).as_posix() for p in code_of(stage["cmd"].split()[2])}
+        code = [d for d in stage.get("deps", []) if d.split("/")[0] in PACKAGES]
+        unused = [d for d in code if not any(u == d or u.startswith(d + "/") for u in used)]
+        if unused:
+            extra[name] = unused
+    assert not extra, f"dvc.yaml lists code the stage does not import (remove it): {extra}"
+
+
 def test_the_import_walk_finds_what_a_stage_really_imports():
     # A known chain: pretrain -> bardlet.training.loop -> bardlet.evaluation.
     found = {p.relative_to(REPO).as_posix() for p in code_of("stages.pretrain")}

@@ -180,6 +180,32 @@ def test_batch_merger_matches_textbook_loop(tok: Tokenizer, chunks: list[bytes])
     assert merger(chunks) == [textbook_encode_chunk(tok.merges, b) for b in chunks]
 
 
+@SETTINGS
+@given(data=st.one_of(st.binary(max_size=300), st.text("ab x\n", max_size=300).map(str.encode)))
+def test_huge_chunk_encoder_matches_textbook_loop(tok: Tokenizer, data: bytes) -> None:
+    """The numpy path for chunks above _HUGE_CHUNK bytes, tried here on chunks of any length."""
+    assert tok._encode_huge_chunk(data) == textbook_encode_chunk(tok.merges, data)
+
+
+def test_huge_chunk_encoder_on_long_chunks(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above _HUGE_CHUNK, _encode_chunk switches to numpy; it must agree with the heap."""
+    rng = random.Random(0)
+    letters = "".join(ch for ch in small_corpus() if ch.isalpha())[:20_000]
+    chunks = [
+        bpe._HUGE_CHUNK * b"x",
+        (bpe._HUGE_CHUNK + 1) * b"x",
+        letters.encode(),
+        " ".join(small_corpus()[:5000].split()).replace(" ", "").encode(),
+        bytes(rng.randrange(256) for _ in range(5000)),
+        "é😀".encode() * 2000,
+        b"ab" * 3000 + b"a",
+    ]
+    fast = [tok._encode_chunk(data) for data in chunks]
+    monkeypatch.setattr(bpe, "_HUGE_CHUNK", 10**9)  # now the heap does them all
+    assert fast == [tok._encode_chunk(data) for data in chunks]
+    assert fast[0] == textbook_encode_chunk(tok.merges, chunks[0])
+
+
 def test_batch_merger_on_real_chunks(tok: Tokenizer) -> None:
     chunks = [c for c in set(tok._split(small_corpus())) if len(c.encode()) <= bpe._BATCH_WIDTH]
     chunks += ["aaaaaaaaaaaaaaaa", "ee" * 8, " " * 16, "\n", "é" * 8]
@@ -233,6 +259,59 @@ def test_training_matches_naive_reference_on_repetitive_text(texts: list[str]) -
         with pytest.raises(ValueError, match="lower vocab_size"):
             Tokenizer.train(texts, vocab_size + 1, special_tokens=[])
     assert Tokenizer.train(texts, vocab_size, special_tokens=[]).merges == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(st.text("ab c\nx", max_size=60), min_size=1, max_size=5))
+def test_long_word_training_matches_naive_reference(texts: list[str]) -> None:
+    """Chunks above _HUGE_CHUNK bytes train in a _LongWord; with the threshold at 1 byte every
+    chunk does, and runs like "aaaa" and "abab" stress its bookkeeping."""
+    expected = naive_train(texts, 30)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(bpe, "_HUGE_CHUNK", 1)
+        merges = Tokenizer.train(texts, 256 + len(expected), special_tokens=[]).merges
+    assert merges == expected
+
+
+@pytest.mark.parametrize("threshold", [1, 4, 16])
+def test_long_word_training_matches_on_real_text(threshold: int) -> None:
+    text = small_corpus()[:20_000] + MIXED_TEXT + "aaaaaaa aaaa aaa " * 20
+    expected = Tokenizer.train([text], vocab_size=256 + 300, special_tokens=[]).merges
+    assert expected == naive_train([text], 300)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(bpe, "_HUGE_CHUNK", threshold)
+        merges = Tokenizer.train([text], vocab_size=256 + 300, special_tokens=[]).merges
+    assert merges == expected
+
+
+def test_long_chunks_train_like_short_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of a few thousand bytes: the _LongWord path and the list path learn the same."""
+    rng = random.Random(1)
+    texts = [
+        small_corpus()[:10_000],
+        "x" * 5000,
+        "ab" * 3000,
+        "".join(rng.choices("abcdeé", k=8000)),
+        " " * 3000 + "end",
+    ]
+    merges = Tokenizer.train(texts, vocab_size=600).merges
+    monkeypatch.setattr(bpe, "_HUGE_CHUNK", 10**9)
+    assert Tokenizer.train(texts, vocab_size=600).merges == merges
+
+
+@pytest.mark.timeout(60)  # the old list-based training took over 10 minutes on this message
+def test_training_on_a_10_million_character_message() -> None:
+    """One chat message of 10,000,000 "x" is a single pre-tokenizer chunk. It must not make
+    training (or encoding) quadratic in its length."""
+    long_text = "x" * 10_000_000
+    tok = Tokenizer.train([small_corpus(), MIXED_TEXT, long_text], vocab_size=1024)
+    # The message's pairs count 10 million times, so runs of x got tokens: "xx", "xxxx", ...
+    assert [tok.token_bytes(i) for i in tok.encode("xxxx")] == [b"xxxx"]
+    ids = tok.encode(long_text)
+    assert len(ids) < 1000
+    assert tok.decode(ids) == long_text
+    text = "Hello " + long_text + " world"
+    assert tok.decode(tok.encode(text)) == text
 
 
 def test_training_is_deterministic() -> None:
@@ -409,6 +488,9 @@ def test_hash_is_content_based(tok: Tokenizer) -> None:
     assert other.hash != tok.hash
 
 
+HEAD = f'{{"format": "bardlet-bpe", "version": 1, "pattern": {json.dumps(GPT4_PATTERN)}, '
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -416,25 +498,13 @@ def test_hash_is_content_based(tok: Tokenizer) -> None:
         ("[]", "not a bardlet tokenizer"),
         ('{"format": "other"}', "not a bardlet tokenizer"),
         ('{"format": "bardlet-bpe", "version": 99}', "unsupported version 99"),
+        (HEAD + '"merges": [[1]], "special_tokens": {}}', "merges"),
+        (HEAD + '"merges": [[300, 1]], "special_tokens": {}}', "does not exist yet"),
+        (HEAD + '"merges": [], "special_tokens": {"<|a|>": 7}}', "right after the merges"),
         (
-            '{"format": "bardlet-bpe", "version": 1, "pattern": "x", "merges": [[1]], '
+            '{"format": "bardlet-bpe", "version": 1, "pattern": ["x"], "merges": [], '
             '"special_tokens": {}}',
-            "merges",
-        ),
-        (
-            '{"format": "bardlet-bpe", "version": 1, "pattern": "x", "merges": [[300, 1]], '
-            '"special_tokens": {}}',
-            "does not exist yet",
-        ),
-        (
-            '{"format": "bardlet-bpe", "version": 1, "pattern": "(", "merges": [], '
-            '"special_tokens": {}}',
-            "not a valid regex",
-        ),
-        (
-            '{"format": "bardlet-bpe", "version": 1, "pattern": "x", "merges": [], '
-            '"special_tokens": {"<|a|>": 7}}',
-            "right after the merges",
+            "not one bardlet writes",
         ),
     ],
 )
@@ -443,6 +513,46 @@ def test_malformed_file_gives_clear_error(tmp_path: Path, content: str, message:
     path.write_text(content, encoding="utf-8")
     with pytest.raises(TokenizerFileError, match=message):
         Tokenizer.load(path)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"(x+x+)+y",  # catastrophic backtracking: "xxxx...x" would take forever to split
+        "(",  # not even a valid regex
+        GPT4_PATTERN + "|x",  # close to the real one is not enough: exact strings only
+        r"\p{L}+",  # a custom pattern `Tokenizer.train` accepts in memory
+    ],
+)
+def test_unknown_pattern_is_refused_on_load(tok: Tokenizer, tmp_path: Path, pattern: str) -> None:
+    """A bpe.json may only carry a pattern bardlet itself writes; any other is refused on load,
+    with a message that names the file, says why, and how to fix it."""
+    tok.save(tmp_path / "bpe.json")
+    data = json.loads((tmp_path / "bpe.json").read_text(encoding="utf-8"))
+    data["pattern"] = pattern
+    path = tmp_path / "crafted" / "bpe.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(data), encoding="utf-8")
+    for where in (path, path.parent):
+        with pytest.raises(TokenizerFileError) as err:
+            Tokenizer.load(where)
+        message = str(err.value)
+        assert str(path) in message
+        assert "not one bardlet writes" in message
+        assert "dvc repro tokenizer" in message
+
+
+def test_known_patterns_are_what_bardlet_writes(tok: Tokenizer, tmp_path: Path) -> None:
+    assert sorted(bpe.KNOWN_PATTERNS) == [GPT4_PATTERN]
+    tok.save(tmp_path / "bpe.json")
+    assert json.loads((tmp_path / "bpe.json").read_text(encoding="utf-8"))["pattern"] in (
+        bpe.KNOWN_PATTERNS
+    )
+    custom = Tokenizer.train(["hello world, hello there! " * 20], 270, pattern=r"\p{L}+")
+    with pytest.raises(ValueError, match="not one bardlet writes"):
+        custom.save(tmp_path / "custom" / "bpe.json")
+    assert not (tmp_path / "custom" / "bpe.json").exists()
 
 
 def test_missing_file(tmp_path: Path) -> None:

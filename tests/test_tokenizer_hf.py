@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,43 @@ def test_same_ids_on_any_text(pair: tuple[Tokenizer, object], text: str) -> None
     ids = tok.encode(text)
     assert hf_ids(hf, text) == ids
     assert hf.decode(ids, skip_special_tokens=False) == text  # type: ignore[attr-defined]
+
+
+def test_same_ids_on_long_chunks(pair: tuple[Tokenizer, object]) -> None:
+    """Chunks far above bpe._HUGE_CHUNK bytes take bardlet's numpy path; HF must agree."""
+    tok, hf = pair
+    rng = random.Random(0)
+    texts = [
+        "x" * 200_000,
+        "Hello " + "x" * 50_001 + " world",
+        "".join(rng.choices("abcdefghijklmnopqrstuvwxyzéßж", k=100_000)),  # one word, many pairs
+        "".join(ch for ch in shakespeare()[:300_000] if ch.isalpha()),
+        " " * 50_000 + "end",
+        "!?" * 30_000,
+        "\n" * 20_000,
+        "日本語" * 10_000,
+    ]
+    for text in texts:
+        ids = tok.encode(text)
+        assert hf_ids(hf, text) == ids, text[:50]
+        assert tok.decode(ids) == text
+
+
+@pytest.mark.timeout(120)  # training and our encode take ~10 s; HF's own encode of it ~13 s
+def test_training_on_a_10_million_character_message(tmp_path: Path) -> None:
+    """One OASST message of 10,000,000 "x" (a single pre-tokenizer chunk) trains in seconds,
+    and the export still encodes exactly like bardlet."""
+    message = "x" * 10_000_000
+    tok = Tokenizer.train([shakespeare(), *oasst_texts(), message], vocab_size=4096)
+    export_hf(tok, tmp_path / "tokenizer.json")
+    hf = hf_tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    hf.encode_special_tokens = True
+    ids = tok.encode(message)
+    assert len(ids) < 100  # runs of x got tokens of their own
+    assert tok.decode(ids) == message
+    assert hf_ids(hf, message) == ids
+    text = "Short, ordinary text: " + shakespeare()[:2000]
+    assert hf_ids(hf, text) == tok.encode(text)
 
 
 def test_same_ids_across_code_points(pair: tuple[Tokenizer, object]) -> None:

@@ -180,7 +180,18 @@ def test_onnx_model_is_registered_and_champion_moves_only_on_improvement(tmp_pat
     from bardlet.model import GPT, GPTConfig
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    model = GPT(
+        GPTConfig(
+            vocab_size=40,
+            block_size=16,
+            n_layer=1,
+            n_head=2,
+            n_embd=16,
+            mlp_ratio=8 / 3,
+            dropout=0.0,
+            tie_embeddings=True,
+        )
+    )
     path = tmp_path / "model.onnx"
     export_onnx(model, path, 17, {"tokenizer_hash": "h"})
     # A decoding step: one new token after a cache of two.

@@ -3,10 +3,11 @@ import torch
 
 from bardlet.config import TrainParams
 from bardlet.data.loaders import TokenWindows
-from bardlet.evaluation import measure, rouge_l, token_byte_lengths
+from bardlet.evaluation import measure, rouge_l
 from bardlet.model import GPT, GPTConfig
 from bardlet.training import checkpoint
 from bardlet.training.loop import learning_rate, train
+from tests.conftest import train_params
 
 
 def params(**overrides) -> TrainParams:
@@ -19,7 +20,7 @@ def params(**overrides) -> TrainParams:
         eval_batches=2,
         log_interval=10,
     )
-    return TrainParams(**{**base, **overrides})
+    return train_params(**{**base, **overrides})
 
 
 def test_schedule_warms_up_then_decays_to_floor():
@@ -34,12 +35,23 @@ def test_training_lowers_loss_and_checkpoint_round_trips(tmp_path, small_tokeniz
     tok = small_tokenizer
     tokens = np.array(tok.encode(shakespeare[:30_000]), dtype=np.uint16)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    model = GPT(
+        GPTConfig(
+            vocab_size=tok.vocab_size,
+            block_size=32,
+            n_layer=2,
+            n_head=2,
+            n_embd=32,
+            mlp_ratio=8 / 3,
+            dropout=0.0,
+            tie_embeddings=True,
+        )
+    )
     data = TokenWindows(tokens, 32, 8, seed=0)
     val = [data.batch(10_000 + i) for i in range(2)]
-    lengths = token_byte_lengths(tok)
+    lengths = np.array(tok.byte_lengths())
     before = measure(model, val, lengths)
-    result = train(model, data, lambda: val, params(), lengths, log=lambda _: None)
+    result = train(model, data, val, params(), lengths, log=lambda _: None)
     after = measure(model, val, lengths)
     assert after["loss"] < before["loss"] - 0.5
     assert [row["step"] for row in result.history] == [15.0, 30.0]
@@ -55,10 +67,21 @@ def test_training_lowers_loss_and_checkpoint_round_trips(tmp_path, small_tokeniz
 def test_bits_per_byte_definition(small_tokenizer):
     """bpb = nats / bytes / ln 2, with bytes counted from the target tokens."""
     tok = small_tokenizer
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=1, n_embd=8))
+    model = GPT(
+        GPTConfig(
+            vocab_size=tok.vocab_size,
+            block_size=32,
+            n_layer=1,
+            n_head=1,
+            n_embd=8,
+            mlp_ratio=8 / 3,
+            dropout=0.0,
+            tie_embeddings=True,
+        )
+    )
     ids = np.array([tok.encode("To be, or not to be: that is")], dtype=np.int64)
     x, y = ids[:, :-1], ids[:, 1:]
-    lengths = token_byte_lengths(tok)
+    lengths = np.array(tok.byte_lengths())
     metrics = measure(model, [(x, y)], lengths)
     n_bytes = len(tok.decode(y[0].tolist()).encode())
     assert abs(metrics["bpb"] - metrics["loss"] * y.size / n_bytes / np.log(2)) < 1e-9

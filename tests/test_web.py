@@ -18,8 +18,8 @@ import uvicorn
 from conftest_server import STYLES, build_tiny_model, free_port
 from fastapi.testclient import TestClient
 
-from bardlet.runtime import OnnxLM
-from bardlet.server import create_app
+from bardlet.runtime.session import OnnxLM
+from bardlet.server.app import create_app
 
 STATIC = Path(__file__).resolve().parents[1] / "bardlet" / "server" / "static"
 

@@ -39,6 +39,8 @@ class ReportTokenizer(Protocol):
 
     def token_bytes(self, token_id: int) -> bytes: ...
 
+    def byte_lengths(self) -> list[int]: ...
+
 
 def data_report(shards_dir: Path, tokenizer: ReportTokenizer) -> dict[str, dict[str, Any]]:
     """`{dataset: {split: stats}}` for every split directory present under `shards_dir`.
@@ -46,7 +48,7 @@ def data_report(shards_dir: Path, tokenizer: ReportTokenizer) -> dict[str, dict[
     Raises FileNotFoundError if there is no split directory at all (run `dvc repro shard`).
     """
     shards_dir = Path(shards_dir)
-    byte_lengths = _byte_lengths(tokenizer)
+    byte_lengths = np.array(tokenizer.byte_lengths(), dtype=np.int64)
     report: dict[str, dict[str, Any]] = {}
     for dataset in DATASETS:
         for split in SPLITS:
@@ -67,7 +69,7 @@ def split_report(
 ) -> dict[str, Any]:
     """The statistics of one split directory of `*.parquet` shards."""
     if byte_lengths is None:
-        byte_lengths = _byte_lengths(tokenizer)
+        byte_lengths = np.array(tokenizer.byte_lengths(), dtype=np.int64)
     files = sorted(Path(split_dir).glob("*.parquet"))
     stats: dict[str, Any] = {
         "files": len(files),
@@ -163,13 +165,3 @@ def _token_text(tokenizer: ReportTokenizer, token_id: int) -> str:
         return tokenizer.token_bytes(token_id).decode("utf-8", errors="backslashreplace")
     except ValueError:  # an id the tokenizer does not know: shards from another tokenizer
         return f"<unknown id {token_id}>"
-
-
-def _byte_lengths(tokenizer: ReportTokenizer) -> np.ndarray:
-    """UTF-8 bytes of text behind each id; 0 for special tokens (they stand for no text)."""
-    lengths = np.array(
-        [len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64
-    )
-    for special_id in tokenizer.special_tokens.values():
-        lengths[special_id] = 0
-    return lengths

@@ -9,9 +9,7 @@ and a write that fails halfway removes what it wrote, so no reader ever sees hal
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bardlet.files import write_json_atomic
+from bardlet.files import atomic_path, sha256_file, write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -40,14 +38,6 @@ def token_type(vocab_size: int) -> pa.DataType:
     return pa.uint16() if vocab_size <= 65536 else pa.int32()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_split(
     rows: Iterable[Row],
     out_dir: Path,
@@ -62,6 +52,7 @@ def write_split(
     place. The split's previous manifest and shards are removed first, so if anything fails
     halfway (a bad row, a full disk, an exception in `rows`) the directory holds no manifest and
     no shards of this run, and readers refuse it instead of reading a mix of old and new files.
+    (The shard stage writes into a new folder and swaps it in, so it keeps the old shards.)
     A token id outside 0..vocab_size-1, or a loss mask that does not match its tokens, raises
     ShardError naming the row.
     """
@@ -92,9 +83,10 @@ def write_split(
         if has_mask:
             columns["loss_mask"] = pa.array([r.loss_mask for r in pending], pa.list_(pa.bool_()))
         name = f"shard-{len(files):05d}.parquet"
-        tmp = out_dir / (name + ".tmp")
-        pq.write_table(pa.table(columns), tmp, compression="zstd", row_group_size=row_group_size)
-        os.replace(tmp, out_dir / name)
+        with atomic_path(out_dir / name) as tmp:
+            pq.write_table(
+                pa.table(columns), tmp, compression="zstd", row_group_size=row_group_size
+            )
         files.append(
             {
                 "file": name,

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
+from bardlet.files import sha256_file
+
 MIRROR_ENV = "BARDLET_DATA_MIRROR"
 
 CHUNK_SIZE = 1 << 16  # 64 KiB: small enough for a smooth progress bar, big enough to be fast
@@ -165,7 +167,7 @@ def fetch(
     seconds in between. Raises DownloadError on failure, never leaving a bad file in place.
     """
     dest = Path(dest_dir) / source.path
-    if dest.is_file() and dest.stat().st_size == source.size and _sha256_of(dest) == source.sha256:
+    if dest.is_file() and dest.stat().st_size == source.size and sha256_file(dest) == source.sha256:
         return dest  # already there and verified: a re-run costs one hash, no download
 
     if mirror is None:
@@ -241,7 +243,7 @@ def _download_once(source: Source, url: str, part: Path, progress: bool) -> str:
         part.unlink()
         have = 0
     if have == source.size and have > 0:
-        return _sha256_of(part)  # an earlier attempt got every byte; _verify judges them
+        return sha256_file(part)  # an earlier attempt got every byte; _verify judges them
 
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     if have:
@@ -327,10 +329,6 @@ def _verify(source: Source, part: Path, actual: str) -> None:
             f"{source.name}: checksum mismatch for {source.path}: "
             f"expected sha256 {source.sha256}, got {actual}; the file was deleted"
         )
-
-
-def _sha256_of(path: Path) -> str:
-    return _hash_file(path).hexdigest()
 
 
 def _hash_file(path: Path) -> _Hasher:

@@ -1,25 +1,15 @@
 """Inference on ONNX Runtime: numpy + onnxruntime + the tokenizer, never torch.
 
-A deployed chatbot needs only these three; tests/test_export_runtime.py and
-tests/test_runtime.py prove that importing this package does not import torch.
+A deployed chatbot needs only these three; tests/test_export_runtime.py proves that importing
+the runtime does not import torch. Import what you need from its modules:
 
-- `OnnxLM`: load `model.onnx` (or `model.int8.onnx`) + `bpe.json`; `stream`, `stream_text`,
-  `generate_text`, batched `stream_batch` / `generate_batch` / `generate_text_batch`.
-- `Sampling` / `sample`: greedy, temperature, top-k, top-p, min-p, repetition penalty,
-  stop strings, seed.
-- `measure_onnx_bpb`: loss and bits per byte of an exported graph (fp32 vs int8).
+- `session.OnnxLM`: load `model.onnx` (or `model.int8.onnx`) + `bpe.json`; `stream` token ids
+  with a KV cache.
+- `sampling.Sampling` / `sampling.sample`: greedy, temperature, top-k, top-p, min-p,
+  repetition penalty, seed, stop strings; `sampling.Style`: a preset with a system prompt.
+- `generation.Generation`: the one path from prompt ids to text pieces (UTF-8 safe, stop
+  strings), used by the chat, the server, `bardlet generate` and the evaluate stage.
+- `conversation.fit_conversation`, `conversation.load_styles`: chat prompts that fit the
+  context; the style presets saved beside a model.
+- `evaluate.measure_onnx_bpb`: loss and bits per byte of an exported graph (fp32 vs int8).
 """
-
-from bardlet.runtime.evaluate import measure_onnx_bpb
-from bardlet.runtime.sampling import Sampling, sample
-from bardlet.runtime.session import OnnxLM, cut_at_stop, open_session, session_options
-
-__all__ = [
-    "OnnxLM",
-    "Sampling",
-    "cut_at_stop",
-    "measure_onnx_bpb",
-    "open_session",
-    "sample",
-    "session_options",
-]

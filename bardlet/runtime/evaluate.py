@@ -40,7 +40,7 @@ def measure_onnx_bpb(
 ) -> dict[str, float]:
     """Mean loss, perplexity and bits per byte of the graph at `onnx_path` over every target
     that is not -1, like `bardlet.evaluation.measure`. `byte_lengths[id]` = UTF-8 bytes of
-    token `id` (0 for special tokens): `bardlet.evaluation.token_byte_lengths(tokenizer)`."""
+    token `id` (0 for special tokens): `tokenizer.byte_lengths()`."""
     session, info = open_session(onnx_path, threads)
     config = info["model"]
     n_head, head_dim = config["n_head"], config["n_embd"] // config["n_head"]

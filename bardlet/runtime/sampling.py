@@ -1,7 +1,7 @@
-"""Choosing the next token from logits, in numpy.
+"""Choosing the next token from logits, in numpy; and the settings that say how.
 
-The steps, in the order they apply (each is off at its default, so `Sampling()` with only
-temperature, top_k, top_p and seed behaves as it always did):
+The steps, in the order they apply (each is off at its default, so `Sampling()` draws from
+the model's own distribution):
 
 1. repetition penalty (CTRL, Keskar et al. 2019): every token id already in `previous`
    (the prompt and the reply so far) gets its logit divided by the penalty if positive,
@@ -12,43 +12,22 @@ temperature, top_k, top_p and seed behaves as it always did):
 5. min-p: drop tokens less likely than min_p x the probability of the most likely token,
 6. draw one token from what is left with the seeded generator.
 
-Stop tokens and stop strings are not sampling: `OnnxLM.stream` ends at a stop id, and
-`OnnxLM.stream_text` / `generate_text` end before the first of `Sampling.stop` strings.
+The settings are `Sampling`, and a `Style` is a named preset: a system prompt plus sampling
+settings. Both are typed parameters, defined in bardlet/config.py beside the rest: a style's
+values live in params.yaml (`chat.styles`), travel beside the exported model as styles.json,
+and reach the terminal chat, the server and the page as this one type, checked by type and
+range on the way in (a styles.json or a saved chat with `"temperature": "hot"` is refused).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from bardlet.config import MAX_STOP, Sampling, Style
 
-@dataclass
-class Sampling:
-    temperature: float = 0.8  # 0 = greedy (always the most likely token)
-    top_k: int = 50  # keep the k most likely tokens (0 = all)
-    top_p: float = 1.0  # keep the smallest set whose probability reaches p (1 = all)
-    seed: int | None = None
-    min_p: float = 0.0  # drop tokens below min_p x the top token's probability (0 = off)
-    repetition_penalty: float = 1.0  # > 1 discourages tokens already seen (1 = off)
-    stop: tuple[str, ...] = ()  # the text ends before the first of these strings
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stop, str):  # a bare string would be taken letter by letter
-            self.stop = (self.stop,)
-        self.stop = tuple(self.stop)
-        checks = [
-            (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
-            (self.top_k >= 0, "top_k must be >= 0 (0 = all tokens)"),
-            (0 <= self.top_p <= 1, "top_p must be in [0, 1] (1 = off)"),
-            (0 <= self.min_p < 1, "min_p must be in [0, 1) (0 = off)"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0 (1 = off)"),
-            (all(self.stop), "stop strings must not be empty"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"{message}; got {self}")
+__all__ = ["MAX_STOP", "Sampling", "Style", "penalize", "sample"]
 
 
 def penalize(

@@ -7,8 +7,15 @@
 from bardlet.tokenizer.bpe import (
     DEFAULT_SPECIAL_TOKENS,
     GPT4_PATTERN,
+    KNOWN_PATTERNS,
     Tokenizer,
     TokenizerFileError,
 )
 
-__all__ = ["DEFAULT_SPECIAL_TOKENS", "GPT4_PATTERN", "Tokenizer", "TokenizerFileError"]
+__all__ = [
+    "DEFAULT_SPECIAL_TOKENS",
+    "GPT4_PATTERN",
+    "KNOWN_PATTERNS",
+    "Tokenizer",
+    "TokenizerFileError",
+]

@@ -26,7 +26,7 @@ import os
 import re
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from itertools import chain, pairwise, repeat
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,13 @@ _GPT4_PATTERN_ASCII = (
 )
 _ASCII_FAST_PATTERNS = {GPT4_PATTERN: re.compile(_GPT4_PATTERN_ASCII, re.ASCII)}
 
+# The pre-tokenizer patterns bardlet writes into a bpe.json, and so the only ones it loads from one
+# (compared as exact strings). A pattern is a program for the regex engine: a crafted one (say with
+# catastrophic backtracking) can make every encode hang, so a file must not bring its own.
+# `Tokenizer.train` still takes any pattern for experiments in memory, but `save` refuses to write
+# one that `load` would refuse. Add a pattern here only when bardlet itself starts writing it.
+KNOWN_PATTERNS = frozenset({GPT4_PATTERN})
+
 DEFAULT_SPECIAL_TOKENS = (
     "<|bos|>",
     "<|system|>",
@@ -71,9 +78,15 @@ FORMAT_NAME = "bardlet-bpe"
 FORMAT_VERSION = 1
 MAX_VOCAB_SIZE = 65536  # ids must fit in uint16 token shards
 
-# Chunks longer than this (in bytes) are encoded with a priority queue instead of repeated scans,
-# so a 1 MB "word" costs O(n log n) instead of O(n * merges).
+# Chunks longer than this (in bytes) are encoded with a priority queue instead of repeated scans.
 _LONG_CHUNK = 64
+# Chunks longer than this (in bytes), in training and in encoding, are held in a _LongWord: numpy
+# arrays with the positions of every pair, so one merge costs time in proportion to how often the
+# pair occurs, not to the chunk's length, and a 10 MB "word" (a message of 10 million "x") costs
+# O(n log n) in total instead of O(n^2). Same merges and ids as the plain loops (tests check it);
+# ordinary text never reaches this size (the longest chunk in Tiny Shakespeare and OASST1 has 183
+# bytes), so it only changes how fast pathological input is handled.
+_HUGE_CHUNK = 1024
 # Encode cache: chunk string -> token ids. Natural text repeats the same few thousand chunks
 # ("the", " and", "\n"), so after warm-up almost every chunk is a dict lookup. Bounded so that
 # encoding an endless stream of random text cannot eat all memory.
@@ -163,21 +176,33 @@ def _learn_merges(chunk_counts: Counter[str], num_merges: int) -> list[tuple[int
 
     A pair (a, b) is stored as the single int ``a << 16 | b`` (ids are < 65536): ints hash faster
     than tuples, and they sort the same way as the tuples, which the tie-break relies on.
+
+    A chunk longer than ``_HUGE_CHUNK`` bytes is held in a :class:`_LongWord` instead of a list,
+    which finds a pair's occurrences without scanning the whole chunk: the same merges, in
+    O(n log n) instead of O(n^2) for a chunk of n bytes.
     """
     # Each distinct chunk is trained once, weighted by how often it occurs. One-byte chunks have
     # no pairs, so they can be left out.
-    words: list[list[int]] = []
+    words: list[list[int]] = []  # a long chunk's entry stays empty: it lives in long_words
     freqs: list[int] = []
-    for chunk, freq in chunk_counts.items():
-        data = chunk.encode("utf-8")
-        if len(data) > 1:
-            words.append(list(data))
-            freqs.append(freq)
-
+    long_words: dict[int, _LongWord] = {}
     pair_counts: defaultdict[int, int] = defaultdict(int)
     where: defaultdict[int, set[int]] = defaultdict(set)
-    for i, (word, freq) in enumerate(zip(words, freqs, strict=True)):
-        for a, b in pairwise(word):
+    for chunk, freq in chunk_counts.items():
+        data = chunk.encode("utf-8")
+        if len(data) <= 1:
+            continue
+        i = len(words)
+        freqs.append(freq)
+        if len(data) > _HUGE_CHUNK:
+            words.append([])
+            long_words[i] = long_word = _LongWord(data)
+            for key, count in long_word.pair_counts.items():
+                pair_counts[key] += count * freq
+                where[key].add(i)
+            continue
+        words.append(list(data))
+        for a, b in pairwise(data):
             key = a << 16 | b  # pack the pair into one int: faster dict keys than tuples
             pair_counts[key] += freq
             where[key].add(i)
@@ -216,8 +241,17 @@ def _learn_merges(chunk_counts: Counter[str], num_merges: int) -> list[tuple[int
         # merging in place splits a run like "aaaa" as [aa, aa], exactly as encoding will.
         grown: set[int] = set()  # pairs with new_id; their counts only grow during this merge
         for i in where.pop(key):
-            word = words[i]
             freq = freqs[i]
+            if i in long_words:
+                removed, added = long_words[i].merge(key, new_id)
+                for k, count in removed.items():
+                    pair_counts[k] -= count * freq
+                for k, count in added.items():
+                    pair_counts[k] += count * freq
+                    where[k].add(i)
+                    grown.add(k)
+                continue
+            word = words[i]
             j = 0
             while j < len(word) - 1:
                 if word[j] == a and word[j + 1] == b:
@@ -243,6 +277,155 @@ def _learn_merges(chunk_counts: Counter[str], num_merges: int) -> list[tuple[int
             if count > 0:
                 heapq.heappush(heap, (-count, k))
     return merges
+
+
+class _LongWord:
+    """One long chunk for BPE: a linked list of tokens in numpy arrays, and where each pair is.
+
+    Merging pair (a, b) in a Python list means scanning the whole chunk, and replacing one
+    occurrence in place moves everything after it: one merge costs O(n) to O(n^2) for a chunk of
+    n bytes, whatever the pair. Here:
+
+    - ``ids[p]`` is the token that starts at byte position ``p`` (``_DEAD`` once it has been merged
+      into the token on its left); ``nxt[p]`` and ``prv[p]`` are the positions of its neighbours.
+      Position ``n`` is an end marker (``_END``), the neighbour of the first and the last token;
+    - ``positions[key]`` holds arrays of the positions where pair ``key`` (``a << 16 | b``) has
+      occurred. An entry goes stale when a neighbouring merge changes the pair there; stale entries
+      are skipped when the pair is merged, never searched for.
+
+    So merging a pair costs time in proportion to its occurrences, with numpy doing the work for
+    all of them at once. Every merge removes as many tokens as it has occurrences, so all merges
+    of a chunk together cost O(n log n), which turns a 10 MB message of one letter from hours of
+    training into seconds. Token ids fit in 16 bits, so sorting by them is a linear radix sort.
+
+    The result is exactly that of the plain loops (``_learn_merges``' list scan and
+    ``Tokenizer._encode_chunk``): occurrences are merged left to right, and in a run of
+    overlapping occurrences (pair (x, x) in "xxxxx") every other one, starting with the first.
+    """
+
+    _DEAD = -1  # ids[p] of a token merged into its left neighbour
+    _END = -2  # ids[n]: the end marker; neither value is ever a token id
+
+    def __init__(self, data: bytes) -> None:
+        import numpy as np
+
+        self.np = np
+        n = len(data)
+        self.end = n
+        self.ids = np.empty(n + 1, dtype=np.int32)
+        self.ids[:n] = np.frombuffer(data, dtype=np.uint8)
+        self.ids[n] = self._END
+        self.nxt = np.arange(1, n + 2)
+        self.nxt[n] = n
+        self.prv = np.arange(-1, n)
+        self.prv[0] = n
+        self.positions: dict[int, list[Any]] = {}
+        # Initial pairs are two bytes: (a, b) as the 16-bit value a << 8 | b, at positions 0..n-2.
+        byte = self.ids[:n].astype(np.uint16)
+        self.pair_counts = self._index(
+            byte[:-1] << 8 | byte[1:], None, lambda v: (v >> 8) << 16 | (v & 0xFF)
+        )
+
+    def tokens(self) -> list[int]:
+        """The chunk's tokens now, left to right."""
+        ids = self.ids[: self.end]
+        return ids[ids >= 0].tolist()
+
+    def _index(self, values: Any, starts: Any, key_of: Callable[[int], int]) -> dict[int, int]:
+        """Record that pair ``key_of(values[i])`` starts at position ``starts[i]`` (``None``:
+        position i); return how often each pair does. ``values`` are 16-bit."""
+        np = self.np
+        if not len(values):
+            return {}
+        order = np.argsort(values.astype(np.uint16), kind="stable")  # radix sort: linear
+        ordered = values[order]
+        starts = order if starts is None else starts[order]  # stable: still left to right
+        first = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1  # where each value's run begins
+        values = ordered[np.append(0, first)].tolist()
+        counts: dict[int, int] = {}
+        for value, group in zip(values, np.split(starts, first), strict=True):
+            key = key_of(value)
+            self.positions.setdefault(key, []).append(group)
+            counts[key] = len(group)
+        return counts
+
+    def _count(self, values: Any, key_of: Callable[[int], int], counts: dict[int, int]) -> None:
+        """Add to ``counts[key_of(v)]`` how often each ``v`` occurs in ``values`` (16-bit)."""
+        np = self.np
+        if not len(values):
+            return
+        ordered = np.sort(values.astype(np.uint16), kind="stable")
+        bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        bounds = np.concatenate(([0], bounds, [len(ordered)]))
+        for value, count in zip(
+            ordered[bounds[:-1]].tolist(), np.diff(bounds).tolist(), strict=True
+        ):
+            key = key_of(value)
+            counts[key] = counts.get(key, 0) + count
+
+    def merge(self, key: int, new_id: int) -> tuple[dict[int, int], dict[int, int]]:
+        """Replace every occurrence of pair ``key`` by ``new_id``, left to right.
+
+        Returns two dicts pair -> number of occurrences: the pairs that disappeared (``key``
+        itself and the pairs that overlapped an occurrence) and the pairs that appeared (all of
+        them with ``new_id``).
+        """
+        np = self.np
+        found = self.positions.pop(key, None)
+        if found is None:
+            return {}, {}
+        a, b = key >> 16, key & 0xFFFF
+        ids, nxt, prv, end = self.ids, self.nxt, self.prv, self.end
+        if len(found) == 1:
+            p = found.pop()  # one array, recorded in order
+        else:  # sorted runs: a stable sort merges them in near-linear time
+            p = np.sort(np.concatenate(found), kind="stable")
+            p = p[np.append(True, p[1:] != p[:-1])]
+        del found
+        # (Big chunks make big arrays: temporaries are deleted or updated in place to save memory.)
+        q = nxt[p]
+        keep = ids[p] == a
+        keep &= ids[q] == b  # drop stale entries
+        if not keep.all():
+            p, q = p[keep], q[keep]
+        if a == b and len(p) > 1:
+            # In a run like "xxxxx", pair (x, x) occurs at every position and the occurrences
+            # overlap; merging left to right takes the 1st, 3rd, 5th, ... of each run.
+            keep = np.append(True, p[1:] != q[:-1])  # True: an occurrence that starts a run
+            if not keep.all():
+                index = np.arange(len(p))
+                run_start = np.where(keep, index, 0)
+                index -= np.maximum.accumulate(run_start, out=run_start)  # place in its run
+                del run_start
+                index &= 1
+                keep = index == 0
+                del index
+                p, q = p[keep], q[keep]
+        del keep
+        if not len(p):
+            return {}, {}
+        left, right = prv[p], nxt[q]
+        # Each occurrence has a pair on its left, starting at `left`, and one on its right,
+        # starting at q (later at p). Right after another occurrence (a b a b), the left pair is
+        # the other's right pair: count it only there.
+        has_left = left != end
+        has_left[1:] &= left[1:] != q[:-1]
+        has_right = right != end
+        left_of, right_of, p_right = left[has_left], right[has_right], p[has_right]
+        # The pairs that disappear: (left neighbour, a), (a, b) and (b, right neighbour).
+        removed = {key: len(p)}
+        self._count(ids[left_of], lambda v: v << 16 | a, removed)
+        self._count(ids[right_of], lambda v: b << 16 | v, removed)
+        ids[p] = new_id
+        ids[q] = self._DEAD
+        nxt[p] = right
+        prv[right] = p  # also sets prv[end], which nothing reads
+        # The pairs that appear: (left neighbour, new) and (new, right neighbour), the latter
+        # read after the update, so that a right neighbour merged just now is the new token.
+        added = self._index(ids[left_of], left_of, lambda v: v << 16 | new_id)
+        for k, count in self._index(ids[right_of], p_right, lambda v: new_id << 16 | v).items():
+            added[k] = added.get(k, 0) + count
+        return removed, added
 
 
 class Tokenizer:
@@ -273,6 +456,7 @@ class Tokenizer:
         self._vocab: list[bytes] = vocab
         self._cache: dict[str, list[int]] = {}
         self._batch_merger: _BatchMerger | None = None  # built on first use
+        self._key_ranks: dict[int, int] | None = None  # pair a << 16 | b -> rank, on first use
 
     # ------------------------------------------------------------------ training
 
@@ -398,7 +582,7 @@ class Tokenizer:
         "merge every occurrence, then rescan" loop: a merge's new token only forms pairs of
         higher rank, so the remaining occurrences are still the minimum and come next, left to
         right. ``min`` and ``index`` scan in C, which makes this fast for normal-sized chunks;
-        very long chunks (think 100 kB of ``x``) use a heap instead.
+        long chunks use a heap instead, and very long ones (think 10 MB of ``x``) numpy.
         """
         if len(data) > _LONG_CHUNK:
             return self._encode_long_chunk(data)
@@ -426,7 +610,10 @@ class Tokenizer:
         Tokens form a doubly linked list; a heap holds ``(rank, position)`` of every mergeable
         adjacent pair, so the lowest rank, leftmost pair comes out first. Entries made stale by a
         neighbouring merge are detected (the pair at that position changed) and skipped.
+        Chunks of more than ``_HUGE_CHUNK`` bytes go on to :meth:`_encode_huge_chunk`.
         """
+        if len(data) > _HUGE_CHUNK:
+            return self._encode_huge_chunk(data)
         ids = list(data)
         n = len(ids)
         prev = list(range(-1, n - 1))  # prev[0] == -1: no neighbour
@@ -456,6 +643,33 @@ class Tokenizer:
                     heapq.heappush(heap, (r, p))
         return [t for t, keep in zip(ids, alive, strict=True) if keep]
 
+    def _encode_huge_chunk(self, data: bytes) -> list[int]:
+        """Same result as ``_encode_chunk``'s loop, for chunks of any length, in O(n log n) with
+        numpy: merge *every* occurrence of the lowest-rank pair present, left to right, then the
+        next lowest. That is the same as merging one occurrence at a time (see ``_encode_chunk``),
+        and lets a :class:`_LongWord` do each rank in one go. Ranks only go up: a merge's new token
+        forms pairs of higher rank, so a heap of the ranks present gives them in order.
+        """
+        if self._key_ranks is None:
+            self._key_ranks = {a << 16 | b: rank for rank, (a, b) in enumerate(self.merges)}
+        key_ranks = self._key_ranks
+        word = _LongWord(data)
+        heap = [rank for key in word.positions if (rank := key_ranks.get(key)) is not None]
+        heapq.heapify(heap)
+        done = -1
+        while heap:
+            rank = heapq.heappop(heap)
+            if rank == done:
+                continue  # queued twice
+            done = rank
+            a, b = self.merges[rank]
+            _, added = word.merge(a << 16 | b, 256 + rank)
+            for key in added:
+                new_rank = key_ranks.get(key)
+                if new_rank is not None:
+                    heapq.heappush(heap, new_rank)
+        return word.tokens()
+
     # ------------------------------------------------------------------ decoding
 
     def special_id(self, name: str) -> int:
@@ -471,6 +685,12 @@ class Tokenizer:
         """The bytes of one token (a special token gives the UTF-8 bytes of its name)."""
         self._check_id(token_id)
         return self._vocab[token_id]
+
+    def byte_lengths(self) -> list[int]:
+        """The UTF-8 bytes of text behind each id, 0 for special tokens (they stand for no
+        text): what bits per byte divides by."""
+        special = set(self.special_tokens.values())
+        return [0 if i in special else len(b) for i, b in enumerate(self._vocab)]
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Text for any sequence of ids. Byte sequences that are not valid UTF-8 (a token sequence
@@ -511,8 +731,17 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write ``bpe.json`` atomically: a temp file in the same folder, then ``os.replace``,
-        so a crash never leaves a half-written tokenizer behind."""
+        so a crash never leaves a half-written tokenizer behind.
+
+        Only a tokenizer with one of the ``KNOWN_PATTERNS`` can be saved, since :meth:`load`
+        accepts no other pattern."""
         path = Path(path)
+        if self.pattern not in KNOWN_PATTERNS:
+            raise ValueError(
+                f"cannot save to {path}: this tokenizer's pre-tokenizer pattern is not one bardlet "
+                f"writes, so Tokenizer.load would refuse the file; train with the default pattern "
+                f"(bardlet.tokenizer.GPT4_PATTERN)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         d = self._to_dict()
         # Hand-formatted so a person can read it: one merge per line.
@@ -533,7 +762,8 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
-        """Read a ``bpe.json`` written by :meth:`save`. Plain JSON: nothing is executed."""
+        """Read a ``bpe.json`` written by :meth:`save`. Plain JSON: nothing is executed, and the
+        pre-tokenizer pattern must be one of the ``KNOWN_PATTERNS`` (see there why)."""
         path = Path(path)
         if path.is_dir():
             path = path / "bpe.json"
@@ -558,12 +788,13 @@ class Tokenizer:
                 f"{FORMAT_VERSION}"
             )
         pattern, merges, specials = d.get("pattern"), d.get("merges"), d.get("special_tokens")
-        if not isinstance(pattern, str):
-            raise bad('"pattern" must be a string')
-        try:
-            regex.compile(pattern)
-        except regex.error as err:
-            raise bad(f'"pattern" is not a valid regex: {err}') from None
+        if not isinstance(pattern, str) or pattern not in KNOWN_PATTERNS:
+            # Compared as a string, never compiled: a crafted regex could hang the process.
+            raise bad(
+                'the pre-tokenizer "pattern" is not one bardlet writes (a changed or crafted '
+                "pattern can make encoding hang), so this file is not loaded: re-train the "
+                "tokenizer with `dvc repro tokenizer` (or `bardlet tokenizer train`)"
+            )
         if not isinstance(merges, list) or not all(
             isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in merges
         ):

@@ -16,11 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -32,7 +31,6 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from bardlet import tracking
 from bardlet.config import TrainParams
 from bardlet.data.loaders import Batch, BatchSource
 from bardlet.evaluation import measure
@@ -62,7 +60,9 @@ def learning_rate(step: int, params: TrainParams) -> float:
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: GPT, params: TrainParams, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(
+    model: torch.nn.Module, params: TrainParams, device: torch.device
+) -> torch.optim.AdamW:
     # Weight decay on matrices only: decaying norms' gains would just fight the normalisation.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -86,15 +86,33 @@ class Interrupted(SystemExit):
     """SIGINT/SIGTERM arrived: a checkpoint was saved; run the stage again to resume."""
 
 
+class Diverged(SystemExit):
+    """The loss or the gradients stopped being finite numbers: training stops there, before
+    the optimizer writes NaN into the weights, and the last checkpoint stays the good one."""
+
+
 def _format_eta(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes}m{seconds:02d}s"
 
 
+# Settings that change how often things are logged, measured or saved, never the weights:
+# a resumed run may change them freely.
+COSMETIC = {
+    "resume",
+    "threads",
+    "keep_checkpoints",
+    "checkpoint_interval",
+    "log_interval",
+    "eval_interval",
+    "eval_batches",
+}
+
+
 def fingerprint(params: TrainParams, model: GPT, extra: dict[str, Any]) -> str:
-    """What a checkpoint must agree on to be resumed: settings (not the resume policy itself),
-    model shape, and whatever the caller adds (tokenizer, data)."""
-    settings = params.model_dump(exclude={"resume", "threads", "keep_checkpoints"})
+    """What a checkpoint must agree on to be resumed: the settings that change the math,
+    the model's shape, and whatever the caller adds (tokenizer, data)."""
+    settings = params.model_dump(exclude=COSMETIC)
     blob = json.dumps([settings, model.config.to_dict(), extra], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -102,20 +120,22 @@ def fingerprint(params: TrainParams, model: GPT, extra: dict[str, Any]) -> str:
 def train(
     model: GPT,
     train_data: BatchSource,
-    val_batches: Callable[[], list[Batch]],
+    val_batches: Sequence[Batch],
     params: TrainParams,
     byte_lengths: np.ndarray,
     checkpoint_dir: Path | None = None,
     run_identity: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    report: Callable[[dict[str, float], int], None] = lambda _metrics, _step: None,
 ) -> TrainResult:
     """Train `model` in place for params.max_steps optimizer steps.
 
-    train_data.batch(step) gives the batch of a micro-step; val_batches() the fixed validation
-    batches measured every eval_interval steps. With checkpoint_dir, training state is saved
-    every checkpoint_interval steps and (resume: auto) picked up from the newest checkpoint
-    that matches these settings. At the end the model holds the weights with the best
-    validation loss (keep_best) or the last ones; with ema_decay > 0, their moving average.
+    train_data.batch(step) gives the batch of a micro-step; `val_batches` are measured every
+    eval_interval steps. With checkpoint_dir, training state is saved every
+    checkpoint_interval steps and (resume: auto) picked up from the newest checkpoint that
+    matches these settings. At the end the model holds the weights with the best validation
+    loss (keep_best) or the last ones; with ema_decay > 0, their moving average. Metrics leave
+    through `report(metrics, step)` (the stages pass MLflow's logger) and `log` (the console).
     """
     device = next(model.parameters()).device
     if params.threads:
@@ -136,33 +156,12 @@ def train(
         else None
     )
     evaluated = model if ema is None else cast(GPT, ema.module)
-    result = TrainResult()
     identity = fingerprint(params, model, run_identity or {})
-    best: dict[str, Any] = {"val_loss": math.inf, "step": 0, "weights": None}
-    # Training loss summed since the last evaluation: the curves show its mean beside val loss.
-    window = {"loss_sum": 0.0, "steps": 0}
-
-    start_step = 0
-    found = checkpoint.checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
-    if found:
-        newest = found[-1]
-        state = json.loads((newest / checkpoint.STATE).read_text(encoding="utf-8"))
-        if params.resume == "auto" and state.get("fingerprint") == identity:
-            state = checkpoint.load_state(newest, model, optimizer, ema)
-            start_step = state["step"]
-            result.history = state["history"]
-            best.update(val_loss=state["best_val_loss"], step=state["best_step"])
-            window.update(state.get("train_window", window))
-            if (newest / "best.safetensors").exists():
-                best["weights"] = checkpoint.load_file(str(newest / "best.safetensors"))
-            log(f"resuming from {newest} (step {start_step})")
-        else:
-            # Another run's state (other settings, or resume: never): start afresh.
-            log(f"starting afresh: removing {len(found)} old checkpoint(s) in {checkpoint_dir}")
-            distributed.barrier()  # every rank has read state.json before rank 0 deletes it
-            if rank == 0:
-                for folder in found:
-                    shutil.rmtree(folder)
+    state = checkpoint.TrainState()
+    if checkpoint_dir is not None:
+        resumed = checkpoint.resume(checkpoint_dir, identity, params.resume == "auto", log)
+        if resumed is not None:
+            state = checkpoint.load_state(resumed, model, optimizer, ema)
 
     # Finish the step in progress, save, then exit: Ctrl-C never loses more than one step.
     stop: list[int] = []
@@ -175,60 +174,44 @@ def train(
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous_handlers[sig] = signal.signal(sig, request_stop)
 
-    def save(step: int) -> None:
-        if checkpoint_dir is None or rank != 0:
-            return
-        folder = checkpoint.save_state(
-            checkpoint_dir,
-            step,
-            model,
-            optimizer,
-            ema,
-            {
-                "fingerprint": identity,
-                "history": result.history,
-                "train_window": window,
-                "best_val_loss": best["val_loss"],
-                "best_step": best["step"],
-            },
-            keep=params.keep_checkpoints,
-        )
-        if best["weights"] is not None:
-            checkpoint.save_file(best["weights"], str(folder / "best.safetensors"))
-
-    def evaluate(step: int) -> None:
-        metrics = measure(evaluated, val_batches(), byte_lengths, device)
-        row = {
-            "step": float(step),
-            "seconds": time.perf_counter() - started + elapsed_before,
-            "val_loss": metrics["loss"],
-            "val_bpb": metrics["bpb"],
-            "train_loss": window["loss_sum"] / max(window["steps"], 1),
-        }
-        window.update(loss_sum=0.0, steps=0)
-        result.history.append(row)
-        if metrics["loss"] < best["val_loss"]:
-            weights = evaluated.state_dict()
-            best.update(
-                val_loss=metrics["loss"],
-                step=step,
-                weights={k: v.detach().clone().contiguous() for k, v in weights.items()},
+    def save() -> None:
+        if checkpoint_dir is not None and rank == 0:
+            checkpoint.save_state(
+                checkpoint_dir, state, model, optimizer, ema, identity, params.keep_checkpoints
             )
-        tracking.log_metrics({"val/loss": metrics["loss"], "val/bpb": metrics["bpb"]}, step)
-        log(f"step {step:>5} | val loss {metrics['loss']:.4f} | val bpb {metrics['bpb']:.4f}")
 
-    elapsed_before = result.history[-1]["seconds"] if result.history else 0.0
+    def evaluate() -> None:
+        metrics = measure(evaluated, val_batches, byte_lengths, device)
+        state.history.append(
+            {
+                "step": float(state.step),
+                "seconds": time.perf_counter() - started + elapsed_before,
+                "val_loss": metrics["loss"],
+                "val_bpb": metrics["bpb"],
+                "train_loss": state.loss_sum / max(state.loss_steps, 1),
+            }
+        )
+        state.loss_sum, state.loss_steps = 0.0, 0
+        if metrics["loss"] < state.best_val_loss:
+            weights = evaluated.state_dict()
+            state.best_val_loss, state.best_step = metrics["loss"], state.step
+            state.best_weights = {k: v.detach().clone().contiguous() for k, v in weights.items()}
+        report({"val/loss": metrics["loss"], "val/bpb": metrics["bpb"]}, state.step)
+        log(f"step {state.step:>5} | val loss {metrics['loss']:.4f} | val bpb {metrics['bpb']:.4f}")
+
+    elapsed_before = state.history[-1]["seconds"] if state.history else 0.0
+    start_step = state.step
     started = time.perf_counter()
     model.train()
     try:
-        for step in range(start_step, params.max_steps):
-            lr = learning_rate(step, params)
+        while state.step < params.max_steps:
+            lr = learning_rate(state.step, params)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0
             for micro in range(params.grad_accum):
                 # Each rank its own share: the same global batch at any number of processes.
-                index = (step * params.grad_accum + micro) * world + rank
+                index = (state.step * params.grad_accum + micro) * world + rank
                 inputs, targets = train_data.batch(index)
                 x = torch.from_numpy(inputs).to(device, non_blocking=True)
                 y = torch.from_numpy(targets).to(device, non_blocking=True)
@@ -242,21 +225,31 @@ def train(
                 )
                 (loss / params.grad_accum).backward()
                 loss_sum += float(loss.detach())
-            if params.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+            # The gradient norm, clipped to grad_clip (0: measured, not clipped).
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip or math.inf)
+            if not (math.isfinite(loss_sum) and math.isfinite(float(norm))):
+                what = "loss" if not math.isfinite(loss_sum) else "gradient norm"
+                raise Diverged(
+                    f"training diverged at step {state.step + 1}: the {what} is "
+                    f"{loss_sum if what == 'loss' else float(norm)}. The likely cause is a "
+                    f"learning rate too high for this model ({params.learning_rate:g}; the "
+                    "defaults use 2e-3 and 1e-3): lower it, or add warmup_steps. The last "
+                    "checkpoint before this step is kept; nothing was written."
+                )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update_parameters(model)
-            window["loss_sum"] += loss_sum / params.grad_accum
-            window["steps"] += 1
+            state.step += 1
+            state.loss_sum += loss_sum / params.grad_accum
+            state.loss_steps += 1
 
-            done = step + 1
+            done = state.step
             if done % params.log_interval == 0 or done == params.max_steps:
                 seconds = time.perf_counter() - started
                 tokens_per_s = (done - start_step) * x.numel() * params.grad_accum * world / seconds
                 train_loss = loss_sum / params.grad_accum
-                tracking.log_metrics(
+                report(
                     {"train/loss": train_loss, "train/lr": lr, "train/tokens_per_s": tokens_per_s},
                     done,
                 )
@@ -266,11 +259,11 @@ def train(
                     f"{tokens_per_s:,.0f} tok/s | eta {_format_eta(eta)}"
                 )
             if done % params.eval_interval == 0 or done == params.max_steps:
-                evaluate(done)
+                evaluate()
             if done % params.checkpoint_interval == 0 or done == params.max_steps:
-                save(done)
+                save()
             if distributed.any_rank(bool(stop)):
-                save(done)
+                save()
                 signum = stop[0] if stop else signal.SIGTERM
                 log(
                     f"{signal.Signals(signum).name}: checkpoint saved at step {done}; "
@@ -280,22 +273,32 @@ def train(
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
+    return finish(model, ema, state, params, train_data.batch(0)[0].size * world)
 
-    last = result.history[-1]
-    chosen = last
-    if params.keep_best and best["weights"] is not None:
-        model.load_state_dict(best["weights"])
-        chosen = next(r for r in result.history if r["step"] == best["step"])
+
+def finish(
+    model: GPT,
+    ema: AveragedModel | None,
+    state: checkpoint.TrainState,
+    params: TrainParams,
+    tokens_per_micro_batch: int,
+) -> TrainResult:
+    """Put the kept weights into `model` and say what they scored."""
+    last = chosen = state.history[-1]
+    if params.keep_best and state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+        chosen = next(r for r in state.history if r["step"] == state.best_step)
     elif ema is not None:
         model.load_state_dict(ema.module.state_dict())
-    # Batches are pure functions of the step, so the first one tells the size of every one.
-    tokens = params.max_steps * params.grad_accum * world * train_data.batch(0)[0].size
-    result.final = {
-        "val_loss": chosen["val_loss"],
-        "val_bpb": chosen["val_bpb"],
-        "step": chosen["step"],
-        "steps": float(params.max_steps),
-        "tokens": tokens,
-    }
-    result.speed = {"train_seconds": last["seconds"], "tokens_per_second": tokens / last["seconds"]}
-    return result
+    tokens = params.max_steps * params.grad_accum * tokens_per_micro_batch
+    return TrainResult(
+        history=state.history,
+        final={
+            "val_loss": chosen["val_loss"],
+            "val_bpb": chosen["val_bpb"],
+            "step": chosen["step"],
+            "steps": float(params.max_steps),
+            "tokens": tokens,
+        },
+        speed={"train_seconds": last["seconds"], "tokens_per_second": tokens / last["seconds"]},
+    )

@@ -1,0 +1,82 @@
+"""Conversations for a model with a small context: the prompt, fitted; and the style presets.
+
+Shared by the terminal chat and the HTTP server (and the page, through the server), so a
+conversation is cut the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from bardlet.data.chat_template import ROLES, Message
+from bardlet.runtime.sampling import Style
+from bardlet.tokenizer import Tokenizer
+
+# The export stage writes params.yaml's `chat.styles` here, beside the model.
+STYLES_FILE = "styles.json"
+_STYLES = TypeAdapter(dict[str, Style])
+
+
+def fit_conversation(
+    tokenizer: Tokenizer,
+    messages: Sequence[Message],
+    system: str | None,
+    block_size: int,
+    reply_room: int,
+) -> tuple[list[Message], list[int]]:
+    """The newest turns whose prompt leaves `reply_room` tokens of the context for a reply.
+
+    Drops the oldest exchange (user + assistant) until it fits; system messages and the
+    newest message always stay. Returns the kept messages and their prompt ids (what
+    `render_prompt` gives for them), or raises ValueError when the newest message alone
+    cannot fit. Each message is encoded once, so a long history costs linear time.
+    """
+    end = tokenizer.special_id("<|end|>")
+
+    def turn(role: str, content: str) -> list[int]:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r} in a message; use one of {ROLES}")
+        return [tokenizer.special_id(f"<|{role}|>"), *tokenizer.encode(content), end]
+
+    head = [tokenizer.special_id("<|bos|>")] + (turn("system", system) if system else [])
+    encoded = [turn(m["role"], m["content"]) for m in messages]
+    total = len(head) + sum(map(len, encoded)) + 1  # + the <|assistant|> that asks for a reply
+    turns = [i for i, m in enumerate(messages) if m["role"] != "system"]
+    start = 0  # how many of the oldest turns are dropped
+    while total + reply_room > block_size:
+        if len(turns) - start <= 1:
+            raise ValueError(
+                f"that message is {total} tokens with the template; the model's context "
+                f"is {block_size} tokens including the reply: please shorten it"
+            )
+        step = 2 if len(turns) - start > 2 else 1
+        total -= sum(len(encoded[i]) for i in turns[start : start + step])
+        start += step
+    dropped = set(turns[:start])
+    kept = [i for i in range(len(messages)) if i not in dropped]
+    ids = head + [token for i in kept for token in encoded[i]]
+    return [messages[i] for i in kept], ids + [tokenizer.special_id("<|assistant|>")]
+
+
+def load_styles(model_path: str | Path) -> dict[str, Style]:
+    """The style presets saved beside an exported model; a model without them offers only
+    `default` (the model's own distribution, no system prompt)."""
+    path = Path(model_path)
+    path = (path if path.is_dir() else path.parent) / STYLES_FILE
+    if not path.exists():
+        return {"default": Style()}
+    try:
+        styles = _STYLES.validate_python(json.loads(path.read_bytes()))
+    except (ValueError, UnicodeDecodeError) as error:
+        if isinstance(error, ValidationError):
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            error = ValueError(f"{where}: {first['msg']} (got {first.get('input')!r})")
+        raise ValueError(
+            f"{path} is not a styles file ({error}): re-run `dvc repro export`"
+        ) from None
+    return {"default": Style(), **styles}  # `default` is what a chat starts with
