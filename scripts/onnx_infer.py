@@ -41,6 +41,7 @@ except ImportError as missing:  # pragma: no cover - depends on the machine
 FORMAT_NAME = "bardlet-bpe"
 FORMAT_VERSION = 1
 NO_MERGE = 1 << 30
+MAX_CHUNK_CHARS = 256  # bardlet.tokenizer.bpe.MAX_CHUNK_CHARS
 
 # ------------------------------------------------------------------------------- tokenizer
 
@@ -158,10 +159,13 @@ class BPE:
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
-        for chunk in self.split(text):
-            if chunk not in self.cache:
-                self.cache[chunk] = self._merge(chunk.encode("utf-8"))
-            ids.extend(self.cache[chunk])
+        for long_chunk in self.split(text):
+            # bardlet's cap: a chunk longer than 256 characters is cut every 256 (MAX_CHUNK_CHARS)
+            for i in range(0, len(long_chunk), MAX_CHUNK_CHARS):
+                chunk = long_chunk[i : i + MAX_CHUNK_CHARS]
+                if chunk not in self.cache:
+                    self.cache[chunk] = self._merge(chunk.encode("utf-8"))
+                ids.extend(self.cache[chunk])
         return ids
 
     def _merge(self, data: bytes) -> list[int]:

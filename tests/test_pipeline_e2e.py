@@ -671,6 +671,20 @@ def test_generate_from_the_exported_model_with_no_model_argument(project):
     assert run(args, project).stdout == first
 
 
+def test_samples_are_what_generate_says_for_the_same_prompt(project):
+    """One generation path: the evaluate stage's greedy samples are the ONNX runtime's reply,
+    so `bardlet generate --chat --temperature 0` prints the same text."""
+    from bardlet.report import parse_samples
+
+    params = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]
+    samples = dict(parse_samples((project / "reports/samples.md").read_text()))
+    for prompt in params["prompts"][:2]:
+        greedy = dict(samples[prompt])["greedy"]
+        args = ["generate", "--chat", "--temperature", "0", "-n", str(params["max_new_tokens"])]
+        said = run([sys.executable, "-m", "bardlet.cli", *args, prompt], project).stdout
+        assert said.strip() == ("" if greedy == "(empty)" else greedy), prompt
+
+
 def test_prefect_flow_runs_the_stages_in_order(project):
     out = run([sys.executable, "-m", "pipelines.flow"], project, timeout=300).stdout
     result = json.loads(out.strip().splitlines()[-1])  # the flow prints its result as JSON

@@ -180,30 +180,18 @@ def test_batch_merger_matches_textbook_loop(tok: Tokenizer, chunks: list[bytes])
     assert merger(chunks) == [textbook_encode_chunk(tok.merges, b) for b in chunks]
 
 
-@SETTINGS
-@given(data=st.one_of(st.binary(max_size=300), st.text("ab x\n", max_size=300).map(str.encode)))
-def test_huge_chunk_encoder_matches_textbook_loop(tok: Tokenizer, data: bytes) -> None:
-    """The numpy path for chunks above _HUGE_CHUNK bytes, tried here on chunks of any length."""
-    assert tok._encode_huge_chunk(data) == textbook_encode_chunk(tok.merges, data)
-
-
-def test_huge_chunk_encoder_on_long_chunks(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Above _HUGE_CHUNK, _encode_chunk switches to numpy; it must agree with the heap."""
-    rng = random.Random(0)
-    letters = "".join(ch for ch in small_corpus() if ch.isalpha())[:20_000]
-    chunks = [
-        bpe._HUGE_CHUNK * b"x",
-        (bpe._HUGE_CHUNK + 1) * b"x",
-        letters.encode(),
-        " ".join(small_corpus()[:5000].split()).replace(" ", "").encode(),
-        bytes(rng.randrange(256) for _ in range(5000)),
-        "é😀".encode() * 2000,
-        b"ab" * 3000 + b"a",
-    ]
-    fast = [tok._encode_chunk(data) for data in chunks]
-    monkeypatch.setattr(bpe, "_HUGE_CHUNK", 10**9)  # now the heap does them all
-    assert fast == [tok._encode_chunk(data) for data in chunks]
-    assert fast[0] == textbook_encode_chunk(tok.merges, chunks[0])
+def test_a_chunk_longer_than_the_cap_is_cut_into_pieces(tok: Tokenizer) -> None:
+    """The pre-tokenizer cuts a chunk every MAX_CHUNK_CHARS characters: merges never span a
+    cut, so a long "word" costs what its pieces cost."""
+    cap = bpe.MAX_CHUNK_CHARS
+    for length in (cap - 1, cap, cap + 1, 3 * cap + 7):
+        word = "é" * length  # multi-byte characters: the cap counts characters, not bytes
+        pieces = tok._split(f"a {word} b")  # the chunk is " é...é": the space belongs to it
+        assert max(map(len, pieces)) <= cap
+        assert sum("é" in p for p in pieces) == -(-(length + 1) // cap)
+        assert "".join(pieces) == f"a {word} b"
+    long = "x" * (2 * cap + 5)
+    assert tok.encode(long) == tok.encode("x" * cap) * 2 + tok.encode("x" * 5)
 
 
 def test_batch_merger_on_real_chunks(tok: Tokenizer) -> None:
@@ -261,54 +249,16 @@ def test_training_matches_naive_reference_on_repetitive_text(texts: list[str]) -
     assert Tokenizer.train(texts, vocab_size, special_tokens=[]).merges == expected
 
 
-@settings(max_examples=60, deadline=None)
-@given(texts=st.lists(st.text("ab c\nx", max_size=60), min_size=1, max_size=5))
-def test_long_word_training_matches_naive_reference(texts: list[str]) -> None:
-    """Chunks above _HUGE_CHUNK bytes train in a _LongWord; with the threshold at 1 byte every
-    chunk does, and runs like "aaaa" and "abab" stress its bookkeeping."""
-    expected = naive_train(texts, 30)
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(bpe, "_HUGE_CHUNK", 1)
-        merges = Tokenizer.train(texts, 256 + len(expected), special_tokens=[]).merges
-    assert merges == expected
-
-
-@pytest.mark.parametrize("threshold", [1, 4, 16])
-def test_long_word_training_matches_on_real_text(threshold: int) -> None:
-    text = small_corpus()[:20_000] + MIXED_TEXT + "aaaaaaa aaaa aaa " * 20
-    expected = Tokenizer.train([text], vocab_size=256 + 300, special_tokens=[]).merges
-    assert expected == naive_train([text], 300)
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(bpe, "_HUGE_CHUNK", threshold)
-        merges = Tokenizer.train([text], vocab_size=256 + 300, special_tokens=[]).merges
-    assert merges == expected
-
-
-def test_long_chunks_train_like_short_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks of a few thousand bytes: the _LongWord path and the list path learn the same."""
-    rng = random.Random(1)
-    texts = [
-        small_corpus()[:10_000],
-        "x" * 5000,
-        "ab" * 3000,
-        "".join(rng.choices("abcdeé", k=8000)),
-        " " * 3000 + "end",
-    ]
-    merges = Tokenizer.train(texts, vocab_size=600).merges
-    monkeypatch.setattr(bpe, "_HUGE_CHUNK", 10**9)
-    assert Tokenizer.train(texts, vocab_size=600).merges == merges
-
-
-@pytest.mark.timeout(60)  # the old list-based training took over 10 minutes on this message
+@pytest.mark.timeout(60)  # without the cap, training took over 10 minutes on this message
 def test_training_on_a_10_million_character_message() -> None:
-    """One chat message of 10,000,000 "x" is a single pre-tokenizer chunk. It must not make
-    training (or encoding) quadratic in its length."""
+    """One chat message of 10,000,000 "x": the pre-tokenizer's cap cuts it into pieces, so
+    neither training nor encoding is quadratic in its length."""
     long_text = "x" * 10_000_000
     tok = Tokenizer.train([small_corpus(), MIXED_TEXT, long_text], vocab_size=1024)
     # The message's pairs count 10 million times, so runs of x got tokens: "xx", "xxxx", ...
     assert [tok.token_bytes(i) for i in tok.encode("xxxx")] == [b"xxxx"]
     ids = tok.encode(long_text)
-    assert len(ids) < 1000
+    assert len(ids) < 1_000_000
     assert tok.decode(ids) == long_text
     text = "Hello " + long_text + " world"
     assert tok.decode(tok.encode(text)) == text

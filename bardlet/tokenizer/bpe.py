@@ -26,7 +26,7 @@ import os
 import re
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from itertools import chain, pairwise, repeat
 from pathlib import Path
 from typing import Any
@@ -80,13 +80,12 @@ MAX_VOCAB_SIZE = 65536  # ids must fit in uint16 token shards
 
 # Chunks longer than this (in bytes) are encoded with a priority queue instead of repeated scans.
 _LONG_CHUNK = 64
-# Chunks longer than this (in bytes), in training and in encoding, are held in a _LongWord: numpy
-# arrays with the positions of every pair, so one merge costs time in proportion to how often the
-# pair occurs, not to the chunk's length, and a 10 MB "word" (a message of 10 million "x") costs
-# O(n log n) in total instead of O(n^2). Same merges and ids as the plain loops (tests check it);
-# ordinary text never reaches this size (the longest chunk in Tiny Shakespeare and OASST1 has 183
-# bytes), so it only changes how fast pathological input is handled.
-_HUGE_CHUNK = 1024
+# The pre-tokenizer cuts a chunk longer than this many characters into pieces of at most this
+# many (a "word" of 10 million "x" becomes 39,063 pieces): merges never span a cut. Without
+# the cap, training on one giant chunk costs O(n^2) and a crafted message could stall it for
+# hours. Ordinary text never reaches it (the longest chunk in Tiny Shakespeare and OASST1 is
+# 183 bytes). The Hugging Face export and scripts/onnx_infer.py cut the same way.
+MAX_CHUNK_CHARS = 256
 # Encode cache: chunk string -> token ids. Natural text repeats the same few thousand chunks
 # ("the", " and", "\n"), so after warm-up almost every chunk is a dict lookup. Bounded so that
 # encoding an endless stream of random text cannot eat all memory.
@@ -130,10 +129,22 @@ class _Splitter:
     def __call__(self, text: str) -> list[str]:
         # str.isascii() is O(1) in CPython (strings remember whether they are ASCII).
         if self.ascii_compiled is not None and text.isascii():
-            return self.ascii_compiled.findall(text)
-        if self.complete:
-            return self.compiled.findall(text)
-        return _split_chunks(self.compiled, text)
+            chunks = self.ascii_compiled.findall(text)
+        elif self.complete:
+            chunks = self.compiled.findall(text)
+        else:
+            chunks = _split_chunks(self.compiled, text)
+        if chunks and max(map(len, chunks)) > MAX_CHUNK_CHARS:
+            return _cap(chunks)
+        return chunks
+
+
+def _cap(chunks: list[str]) -> list[str]:
+    """Each chunk longer than MAX_CHUNK_CHARS, cut into pieces of at most that many characters."""
+    pieces: list[str] = []
+    for chunk in chunks:
+        pieces.extend(chunk[i : i + MAX_CHUNK_CHARS] for i in range(0, len(chunk), MAX_CHUNK_CHARS))
+    return pieces
 
 
 def _split_chunks(compiled: regex.Pattern[str], text: str) -> list[str]:
@@ -176,16 +187,11 @@ def _learn_merges(chunk_counts: Counter[str], num_merges: int) -> list[tuple[int
 
     A pair (a, b) is stored as the single int ``a << 16 | b`` (ids are < 65536): ints hash faster
     than tuples, and they sort the same way as the tuples, which the tie-break relies on.
-
-    A chunk longer than ``_HUGE_CHUNK`` bytes is held in a :class:`_LongWord` instead of a list,
-    which finds a pair's occurrences without scanning the whole chunk: the same merges, in
-    O(n log n) instead of O(n^2) for a chunk of n bytes.
     """
     # Each distinct chunk is trained once, weighted by how often it occurs. One-byte chunks have
     # no pairs, so they can be left out.
-    words: list[list[int]] = []  # a long chunk's entry stays empty: it lives in long_words
+    words: list[list[int]] = []
     freqs: list[int] = []
-    long_words: dict[int, _LongWord] = {}
     pair_counts: defaultdict[int, int] = defaultdict(int)
     where: defaultdict[int, set[int]] = defaultdict(set)
     for chunk, freq in chunk_counts.items():
@@ -194,13 +200,6 @@ def _learn_merges(chunk_counts: Counter[str], num_merges: int) -> list[tuple[int
             continue
         i = len(words)
         freqs.append(freq)
-        if len(data) > _HUGE_CHUNK:
-            words.append([])
-            long_words[i] = long_word = _LongWord(data)
-            for key, count in long_word.pair_counts.items():
-                pair_counts[key] += count * freq
-                where[key].add(i)
-            continue
         words.append(list(data))
         for a, b in pairwise(data):
             key = a << 16 | b  # pack the pair into one int: faster dict keys than tuples
@@ -242,15 +241,6 @@ def _learn_merges(chunk_counts: Counter[str], num_merges: int) -> list[tuple[int
         grown: set[int] = set()  # pairs with new_id; their counts only grow during this merge
         for i in where.pop(key):
             freq = freqs[i]
-            if i in long_words:
-                removed, added = long_words[i].merge(key, new_id)
-                for k, count in removed.items():
-                    pair_counts[k] -= count * freq
-                for k, count in added.items():
-                    pair_counts[k] += count * freq
-                    where[k].add(i)
-                    grown.add(k)
-                continue
             word = words[i]
             j = 0
             while j < len(word) - 1:
@@ -277,155 +267,6 @@ def _learn_merges(chunk_counts: Counter[str], num_merges: int) -> list[tuple[int
             if count > 0:
                 heapq.heappush(heap, (-count, k))
     return merges
-
-
-class _LongWord:
-    """One long chunk for BPE: a linked list of tokens in numpy arrays, and where each pair is.
-
-    Merging pair (a, b) in a Python list means scanning the whole chunk, and replacing one
-    occurrence in place moves everything after it: one merge costs O(n) to O(n^2) for a chunk of
-    n bytes, whatever the pair. Here:
-
-    - ``ids[p]`` is the token that starts at byte position ``p`` (``_DEAD`` once it has been merged
-      into the token on its left); ``nxt[p]`` and ``prv[p]`` are the positions of its neighbours.
-      Position ``n`` is an end marker (``_END``), the neighbour of the first and the last token;
-    - ``positions[key]`` holds arrays of the positions where pair ``key`` (``a << 16 | b``) has
-      occurred. An entry goes stale when a neighbouring merge changes the pair there; stale entries
-      are skipped when the pair is merged, never searched for.
-
-    So merging a pair costs time in proportion to its occurrences, with numpy doing the work for
-    all of them at once. Every merge removes as many tokens as it has occurrences, so all merges
-    of a chunk together cost O(n log n), which turns a 10 MB message of one letter from hours of
-    training into seconds. Token ids fit in 16 bits, so sorting by them is a linear radix sort.
-
-    The result is exactly that of the plain loops (``_learn_merges``' list scan and
-    ``Tokenizer._encode_chunk``): occurrences are merged left to right, and in a run of
-    overlapping occurrences (pair (x, x) in "xxxxx") every other one, starting with the first.
-    """
-
-    _DEAD = -1  # ids[p] of a token merged into its left neighbour
-    _END = -2  # ids[n]: the end marker; neither value is ever a token id
-
-    def __init__(self, data: bytes) -> None:
-        import numpy as np
-
-        self.np = np
-        n = len(data)
-        self.end = n
-        self.ids = np.empty(n + 1, dtype=np.int32)
-        self.ids[:n] = np.frombuffer(data, dtype=np.uint8)
-        self.ids[n] = self._END
-        self.nxt = np.arange(1, n + 2)
-        self.nxt[n] = n
-        self.prv = np.arange(-1, n)
-        self.prv[0] = n
-        self.positions: dict[int, list[Any]] = {}
-        # Initial pairs are two bytes: (a, b) as the 16-bit value a << 8 | b, at positions 0..n-2.
-        byte = self.ids[:n].astype(np.uint16)
-        self.pair_counts = self._index(
-            byte[:-1] << 8 | byte[1:], None, lambda v: (v >> 8) << 16 | (v & 0xFF)
-        )
-
-    def tokens(self) -> list[int]:
-        """The chunk's tokens now, left to right."""
-        ids = self.ids[: self.end]
-        return ids[ids >= 0].tolist()
-
-    def _index(self, values: Any, starts: Any, key_of: Callable[[int], int]) -> dict[int, int]:
-        """Record that pair ``key_of(values[i])`` starts at position ``starts[i]`` (``None``:
-        position i); return how often each pair does. ``values`` are 16-bit."""
-        np = self.np
-        if not len(values):
-            return {}
-        order = np.argsort(values.astype(np.uint16), kind="stable")  # radix sort: linear
-        ordered = values[order]
-        starts = order if starts is None else starts[order]  # stable: still left to right
-        first = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1  # where each value's run begins
-        values = ordered[np.append(0, first)].tolist()
-        counts: dict[int, int] = {}
-        for value, group in zip(values, np.split(starts, first), strict=True):
-            key = key_of(value)
-            self.positions.setdefault(key, []).append(group)
-            counts[key] = len(group)
-        return counts
-
-    def _count(self, values: Any, key_of: Callable[[int], int], counts: dict[int, int]) -> None:
-        """Add to ``counts[key_of(v)]`` how often each ``v`` occurs in ``values`` (16-bit)."""
-        np = self.np
-        if not len(values):
-            return
-        ordered = np.sort(values.astype(np.uint16), kind="stable")
-        bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-        bounds = np.concatenate(([0], bounds, [len(ordered)]))
-        for value, count in zip(
-            ordered[bounds[:-1]].tolist(), np.diff(bounds).tolist(), strict=True
-        ):
-            key = key_of(value)
-            counts[key] = counts.get(key, 0) + count
-
-    def merge(self, key: int, new_id: int) -> tuple[dict[int, int], dict[int, int]]:
-        """Replace every occurrence of pair ``key`` by ``new_id``, left to right.
-
-        Returns two dicts pair -> number of occurrences: the pairs that disappeared (``key``
-        itself and the pairs that overlapped an occurrence) and the pairs that appeared (all of
-        them with ``new_id``).
-        """
-        np = self.np
-        found = self.positions.pop(key, None)
-        if found is None:
-            return {}, {}
-        a, b = key >> 16, key & 0xFFFF
-        ids, nxt, prv, end = self.ids, self.nxt, self.prv, self.end
-        if len(found) == 1:
-            p = found.pop()  # one array, recorded in order
-        else:  # sorted runs: a stable sort merges them in near-linear time
-            p = np.sort(np.concatenate(found), kind="stable")
-            p = p[np.append(True, p[1:] != p[:-1])]
-        del found
-        # (Big chunks make big arrays: temporaries are deleted or updated in place to save memory.)
-        q = nxt[p]
-        keep = ids[p] == a
-        keep &= ids[q] == b  # drop stale entries
-        if not keep.all():
-            p, q = p[keep], q[keep]
-        if a == b and len(p) > 1:
-            # In a run like "xxxxx", pair (x, x) occurs at every position and the occurrences
-            # overlap; merging left to right takes the 1st, 3rd, 5th, ... of each run.
-            keep = np.append(True, p[1:] != q[:-1])  # True: an occurrence that starts a run
-            if not keep.all():
-                index = np.arange(len(p))
-                run_start = np.where(keep, index, 0)
-                index -= np.maximum.accumulate(run_start, out=run_start)  # place in its run
-                del run_start
-                index &= 1
-                keep = index == 0
-                del index
-                p, q = p[keep], q[keep]
-        del keep
-        if not len(p):
-            return {}, {}
-        left, right = prv[p], nxt[q]
-        # Each occurrence has a pair on its left, starting at `left`, and one on its right,
-        # starting at q (later at p). Right after another occurrence (a b a b), the left pair is
-        # the other's right pair: count it only there.
-        has_left = left != end
-        has_left[1:] &= left[1:] != q[:-1]
-        has_right = right != end
-        left_of, right_of, p_right = left[has_left], right[has_right], p[has_right]
-        # The pairs that disappear: (left neighbour, a), (a, b) and (b, right neighbour).
-        removed = {key: len(p)}
-        self._count(ids[left_of], lambda v: v << 16 | a, removed)
-        self._count(ids[right_of], lambda v: b << 16 | v, removed)
-        ids[p] = new_id
-        ids[q] = self._DEAD
-        nxt[p] = right
-        prv[right] = p  # also sets prv[end], which nothing reads
-        # The pairs that appear: (left neighbour, new) and (new, right neighbour), the latter
-        # read after the update, so that a right neighbour merged just now is the new token.
-        added = self._index(ids[left_of], left_of, lambda v: v << 16 | new_id)
-        for k, count in self._index(ids[right_of], p_right, lambda v: new_id << 16 | v).items():
-            added[k] = added.get(k, 0) + count
-        return removed, added
 
 
 class Tokenizer:
@@ -456,7 +297,6 @@ class Tokenizer:
         self._vocab: list[bytes] = vocab
         self._cache: dict[str, list[int]] = {}
         self._batch_merger: _BatchMerger | None = None  # built on first use
-        self._key_ranks: dict[int, int] | None = None  # pair a << 16 | b -> rank, on first use
 
     # ------------------------------------------------------------------ training
 
@@ -610,10 +450,7 @@ class Tokenizer:
         Tokens form a doubly linked list; a heap holds ``(rank, position)`` of every mergeable
         adjacent pair, so the lowest rank, leftmost pair comes out first. Entries made stale by a
         neighbouring merge are detected (the pair at that position changed) and skipped.
-        Chunks of more than ``_HUGE_CHUNK`` bytes go on to :meth:`_encode_huge_chunk`.
         """
-        if len(data) > _HUGE_CHUNK:
-            return self._encode_huge_chunk(data)
         ids = list(data)
         n = len(ids)
         prev = list(range(-1, n - 1))  # prev[0] == -1: no neighbour
@@ -642,33 +479,6 @@ class Tokenizer:
                 if r is not None:
                     heapq.heappush(heap, (r, p))
         return [t for t, keep in zip(ids, alive, strict=True) if keep]
-
-    def _encode_huge_chunk(self, data: bytes) -> list[int]:
-        """Same result as ``_encode_chunk``'s loop, for chunks of any length, in O(n log n) with
-        numpy: merge *every* occurrence of the lowest-rank pair present, left to right, then the
-        next lowest. That is the same as merging one occurrence at a time (see ``_encode_chunk``),
-        and lets a :class:`_LongWord` do each rank in one go. Ranks only go up: a merge's new token
-        forms pairs of higher rank, so a heap of the ranks present gives them in order.
-        """
-        if self._key_ranks is None:
-            self._key_ranks = {a << 16 | b: rank for rank, (a, b) in enumerate(self.merges)}
-        key_ranks = self._key_ranks
-        word = _LongWord(data)
-        heap = [rank for key in word.positions if (rank := key_ranks.get(key)) is not None]
-        heapq.heapify(heap)
-        done = -1
-        while heap:
-            rank = heapq.heappop(heap)
-            if rank == done:
-                continue  # queued twice
-            done = rank
-            a, b = self.merges[rank]
-            _, added = word.merge(a << 16 | b, 256 + rank)
-            for key in added:
-                new_rank = key_ranks.get(key)
-                if new_rank is not None:
-                    heapq.heappush(heap, new_rank)
-        return word.tokens()
 
     # ------------------------------------------------------------------ decoding
 

@@ -5,6 +5,7 @@ The file is plain JSON written by hand (no ``tokenizers`` import needed here). L
 :meth:`Tokenizer.encode` gives, because it describes the same three steps:
 
 1. pre-tokenizer: ``Split`` with our regex (``behavior="Isolated"``: every match is a chunk),
+   a second ``Split`` that cuts chunks longer than ``MAX_CHUNK_CHARS`` characters as ours does,
    then ``ByteLevel`` (``use_regex=False``), which only maps each UTF-8 byte to a printable
    character, the GPT-2 trick that lets a string-based vocab hold raw bytes;
 2. model: BPE with our vocab (token bytes as those characters) and our merges, in rank order;
@@ -24,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bardlet.tokenizer.bpe import Tokenizer
+from bardlet.tokenizer.bpe import MAX_CHUNK_CHARS, Tokenizer
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -92,6 +93,12 @@ def to_hf_dict(tok: Tokenizer) -> dict[str, Any]:
                 {
                     "type": "Split",
                     "pattern": {"Regex": tok.pattern},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {  # bardlet's cap: a longer chunk is cut every MAX_CHUNK_CHARS characters
+                    "type": "Split",
+                    "pattern": {"Regex": f"[\\s\\S]{{1,{MAX_CHUNK_CHARS}}}"},
                     "behavior": "Isolated",
                     "invert": False,
                 },
