@@ -153,26 +153,23 @@ def run_level(url: str, clients: int, seconds: float, seed_base: int) -> dict[st
     }
 
 
+# (column title, key in a level's result, format)
+COLUMNS = [
+    ("clients", "clients", "{}"),
+    ("requests", "requests", "{}"),
+    ("req/s", "requests_per_s", "{:.2f}"),
+    ("TTFT p50 (ms)", "ttft_ms_p50", "{:.0f}"),
+    ("TTFT p95 (ms)", "ttft_ms_p95", "{:.0f}"),
+    ("tok/s per client", "tokens_per_s_per_client", "{:.0f}"),
+    ("tok/s total", "tokens_per_s_total", "{:.0f}"),
+    ("tokens/request", "mean_tokens_per_request", "{:.1f}"),
+    ("errors", "errors", "{}"),
+]
+
+
 def markdown(levels: list[dict[str, Any]]) -> str:
-    rows = [
-        (
-            str(r["clients"]),
-            str(r["requests"]),
-            f"{r['requests_per_s']:.2f}",
-            f"{r['ttft_ms_p50']:.0f}",
-            f"{r['ttft_ms_p95']:.0f}",
-            f"{r['tokens_per_s_per_client']:.0f}",
-            f"{r['tokens_per_s_total']:.0f}",
-            f"{r['mean_tokens_per_request']:.1f}",
-            str(r["errors"]),
-        )
-        for r in levels
-    ]
-    header = (
-        "clients | requests | req/s | TTFT p50 (ms) | TTFT p95 (ms) | tok/s per client"
-        " | tok/s total | tokens/request | errors"
-    )
-    return table(header, rows, align="r")
+    rows = [[form.format(level[key]) for _, key, form in COLUMNS] for level in levels]
+    return table([title for title, _, _ in COLUMNS], rows, align="r")
 
 
 def main() -> None:

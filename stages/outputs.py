@@ -1,4 +1,4 @@
-"""What both training stages write when they finish: model, metrics, loss curve, timings.
+"""What both training stages share: train with the loop, then write model, metrics, curves.
 
 The model and its numbers are the same on every machine (seeded, CPU kernels pinned in
 stages/__init__.py), so they are DVC outs and committed. Wall-clock timings are not: they go
@@ -9,12 +9,45 @@ run leaves `git status` clean.
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bardlet import tracking
+from bardlet.config import TrainParams
+from bardlet.data.loaders import Batch, BatchSource
 from bardlet.files import write_csv_atomic, write_json_atomic
 from bardlet.model import GPT
-from bardlet.training import checkpoint
-from bardlet.training.loop import TrainResult
-from stages.paths import LOCAL_REPORTS, PLOTS, REPORTS
+from bardlet.tokenizer import Tokenizer
+from bardlet.training import checkpoint, distributed
+from bardlet.training.loop import TrainResult, train
+from stages.paths import CHECKPOINTS, LOCAL_REPORTS, PLOTS, REPORTS
+
+
+def train_and_save(
+    name: str,
+    model: GPT,
+    data: tuple[BatchSource, list[Batch]],
+    settings: TrainParams,
+    tokenizer: Tokenizer,
+    model_dir: Path,
+    identity: dict[str, Any],
+    run_id: str,
+) -> None:
+    """Train on (training batches, validation batches), resumable from checkpoints/<name>/,
+    then save what `save_training` lists. `identity` (what the model is trained from) must
+    match for a checkpoint to be resumed, and goes into the model's config.json with the
+    MLflow run id."""
+    result = train(
+        model,
+        *data,
+        settings,
+        np.array(tokenizer.byte_lengths()),
+        checkpoint_dir=CHECKPOINTS / name,
+        report=tracking.log_metrics,
+        run_identity={"tokenizer": tokenizer.hash, **identity},
+    )
+    if distributed.is_main():  # under torchrun only rank 0 writes
+        info = {"run_id": run_id, "tokenizer_hash": tokenizer.hash, **identity}
+        save_training(name, model, result, model_dir, info)
 
 
 def save_training(

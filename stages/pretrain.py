@@ -1,6 +1,5 @@
 """Stage `pretrain`: a GPT learns Tiny Shakespeare by next-token prediction -> models/base."""
 
-import numpy as np
 import torch
 
 from bardlet import tracking
@@ -10,9 +9,8 @@ from bardlet.data.shards import concat_tokens, read_split
 from bardlet.model import GPT, GPTConfig
 from bardlet.tokenizer import Tokenizer
 from bardlet.training import distributed
-from bardlet.training.loop import train
-from stages.outputs import save_training
-from stages.paths import BASE_MODEL, CHECKPOINTS, SHARDS, TOKENIZER, TOKENIZER_DIR
+from stages.outputs import train_and_save
+from stages.paths import BASE_MODEL, SHARDS, TOKENIZER, TOKENIZER_DIR
 
 
 def main() -> None:
@@ -31,31 +29,20 @@ def main() -> None:
     model = GPT(config).to(distributed.init())
     print(f"model: {model.num_params():,} parameters; {len(train_tokens):,} training tokens")
     run_params = {"model": config.to_dict(), "pretrain": settings.model_dump()}
-    rank0 = distributed.is_main()  # under torchrun only rank 0 tracks and writes
     # The parent run of every fine-tune of this base model (see bardlet/tracking.py).
     with tracking.run(
         "pretrain",
         run_params,
         {"stage": "pretrain"},
-        enabled=rank0,
+        enabled=distributed.is_main(),  # under torchrun only rank 0 tracks
         tokenizer_hash=tokenizer.hash,
     ) as run_id:
         tracking.log_metrics({"model/params": model.num_params()})
         for name in ("bpe.json", "tokenizer.json"):
             tracking.log_artifact(TOKENIZER_DIR / name, "tokenizer")
-        result = train(
-            model,
-            train_data,
-            val_batches,
-            settings,
-            np.array(tokenizer.byte_lengths()),
-            checkpoint_dir=CHECKPOINTS / "pretrain",
-            report=tracking.log_metrics,
-            run_identity={"tokenizer": tokenizer.hash, "train_tokens": len(train_tokens)},
-        )
-        info = {"run_id": run_id, "tokenizer_hash": tokenizer.hash}
-        if rank0:
-            save_training("pretrain", model, result, BASE_MODEL, info)
+        data = (train_data, val_batches)
+        identity = {"train_tokens": len(train_tokens)}
+        train_and_save("pretrain", model, data, settings, tokenizer, BASE_MODEL, identity, run_id)
 
     distributed.shutdown()
 

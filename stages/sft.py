@@ -4,16 +4,13 @@ Same training loop as pretraining; the difference is the data: conversations pac
 rows, with the loss taken only on the assistant's tokens (the loss mask from the template).
 """
 
-import numpy as np
-
 from bardlet import tracking
 from bardlet.config import load_params
 from bardlet.data.loaders import PackedConversations
 from bardlet.tokenizer import Tokenizer
 from bardlet.training import checkpoint, distributed
-from bardlet.training.loop import train
-from stages.outputs import save_training
-from stages.paths import BASE_MODEL, CHAT_MODEL, CHECKPOINTS, SHARDS, TOKENIZER
+from stages.outputs import train_and_save
+from stages.paths import BASE_MODEL, CHAT_MODEL, SHARDS, TOKENIZER
 
 
 def main() -> None:
@@ -33,34 +30,19 @@ def main() -> None:
     print(f"sft: {len(train_data.rows):,} packed rows of {block} tokens")
     base_run_id = base_info.get("run_id") or ""
     tags = {"stage": "sft", "base_run_id": base_run_id}
-    rank0 = distributed.is_main()  # under torchrun only rank 0 tracks and writes
     # A child run of the pretrain run that made models/base: fine-tunes of one base model
     # group under it in MLflow.
     with tracking.run(
         "sft",
         {"model": model.config.to_dict(), "sft": settings.model_dump()},
         tags,
-        enabled=rank0,
+        enabled=distributed.is_main(),  # under torchrun only rank 0 tracks
         parent_run_id=base_run_id,
         tokenizer_hash=tokenizer.hash,
     ) as run_id:
-        result = train(
-            model,
-            train_data,
-            val_batches,
-            settings,
-            np.array(tokenizer.byte_lengths()),
-            checkpoint_dir=CHECKPOINTS / "sft",
-            report=tracking.log_metrics,
-            run_identity={"tokenizer": tokenizer.hash, "base_run_id": base_run_id},
-        )
-        info = {
-            "run_id": run_id,
-            "base_run_id": base_run_id,
-            "tokenizer_hash": tokenizer.hash,
-        }
-        if rank0:
-            save_training("sft", model, result, CHAT_MODEL, info)
+        data = (train_data, val_batches)
+        identity = {"base_run_id": base_run_id}
+        train_and_save("sft", model, data, settings, tokenizer, CHAT_MODEL, identity, run_id)
 
     distributed.shutdown()
 

@@ -39,13 +39,11 @@ METRICS = {
     "shakespeare": {"loss": 5.9606, "perplexity": 387.859, "bpb": 2.70294},
     "oasst": {"loss": 5.4385, "perplexity": 230.105, "bpb": 2.42651, "rouge_l": 0.06731},
 }
-EXPORT_REPORT = {
-    "parity_max_abs_diff": 6.2e-06,
+EXPORT_REPORT = {  # reports/export.json: what the export checked (the numbers are per machine)
     "onnx_bytes": 7_573_363,
     "int8_bytes": 2_132_167,
-    "fp32_bpb": 2.7029,
-    "int8_bpb": 2.7037,
-    "int8_bpb_delta_percent": 0.027,
+    "parity_tolerance": 1e-4,
+    "int8_max_bpb_delta_percent": 2.0,
 }
 
 TEXTS = [
@@ -287,7 +285,15 @@ def test_model_card_has_metadata_and_metrics(hf_folder) -> None:
     assert by_dataset["OpenAssistant/oasst1"]["rougeL"] == pytest.approx(0.0673)
     assert "perplexity" in by_dataset["OpenAssistant/oasst1"]
     assert f"{num_params:,}" in card
-    for text in ("2.703", "2.427", "230.1", "6.2e-06", "+0.03%", "## Limitations", "bardlet chat"):
+    for text in (
+        "2.703",
+        "2.427",
+        "230.1",
+        "1.0e-04",
+        "within 2%",
+        "## Limitations",
+        "bardlet chat",
+    ):
         assert text in card, text
     assert "onnx_infer.py" in card and "AutoModelForCausalLM" in card
     assert NOT_MEASURED not in card

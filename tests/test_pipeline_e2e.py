@@ -329,7 +329,10 @@ def test_repro_builds_every_stage(project):
     assert saved_styles == params_styles()  # params.yaml chat.styles travel with the model
     manifest = json.loads((project / "data/shards/pretrain/train/manifest.json").read_text())
     assert manifest["tokens"] > 100_000
-    assert json.loads((project / "reports/export.json").read_text())["parity_max_abs_diff"] < 1e-4
+    assert (
+        json.loads((project / "reports/local/export.json").read_text())["parity_max_abs_diff"]
+        < 1e-4
+    )
     # Timings stay out of the committed reports: reports/local/ (git-ignored) has them.
     assert "train_seconds" not in (project / "reports/pretrain.json").read_text()
     assert "seconds" not in (project / "reports/plots/sft.csv").read_text()
@@ -387,10 +390,14 @@ def test_dvc_metrics_show_lists_the_models_numbers_only(project):
         "reports/export.json",
         "reports/local/pretrain.json",  # training time and tokens/s (top-level metrics)
         "reports/local/sft.json",
+        "reports/local/export.json",  # what onnxruntime measured here: parity, int8
     }
     data = {name: workspace["data"][name]["data"] for name in files}
     assert {"bpb", "loss", "perplexity", "rouge_l"} <= set(data["reports/metrics.json"]["oasst"])
-    assert {"parity_max_abs_diff", "int8_bpb_delta_percent"} <= set(data["reports/export.json"])
+    assert {"parity_max_abs_diff", "int8_bpb_delta_percent"} <= set(
+        data["reports/local/export.json"]
+    )
+    assert {"onnx_bytes", "int8_bytes"} <= set(data["reports/export.json"])
     assert set(data["reports/local/sft.json"]) == {"train_seconds", "tokens_per_second"}
     table = run([sys.executable, "-m", "dvc", "metrics", "show"], project).stdout
     assert max(map(len, table.splitlines())) < 400  # was 1,786 columns with data statistics

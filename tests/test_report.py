@@ -88,6 +88,12 @@ def write_timings(root: Path, seconds: float) -> None:
     """reports/local/: what the training stages leave about this machine (pretrain trains
     20,480 tokens, sft 5,120, both in `seconds`)."""
     local = root / "reports/local"
+    checks = {
+        "fp32_bpb": 2.7029,
+        "int8_bpb": 2.7037 + seconds / 1e6,
+        "parity_max_abs_diff": 6.2e-06,
+    }
+    write(local / "export.json", {**checks, "int8_bpb_delta_percent": 0.0271 + seconds / 1e4})
     for stage, tokens in (("pretrain", 20_480), ("sft", 5_120)):
         write(local / f"{stage}.json", {"train_seconds": seconds, "tokens_per_second": tokens / seconds})  # fmt: skip
         rows = "".join(f"{step},{seconds * step / 40},{2.9 - step / 100}\n" for step in (20, 40))
@@ -141,8 +147,8 @@ def project(tmp_path: Path, tokenizer: Tokenizer) -> Path:
     )  # fmt: skip
     write(
         reports / "export.json",
-        {"fp32_bpb": 2.7029, "int8_bpb": 2.7037, "int8_bpb_delta_percent": 0.0271,
-         "int8_bytes": 2132167, "onnx_bytes": 7573363, "parity_max_abs_diff": 6.2e-06},
+        {"int8_bytes": 2132167, "onnx_bytes": 7573363, "parity_tolerance": 1e-4,
+         "int8_max_bpb_delta_percent": 2.0},
     )  # fmt: skip
     write(reports / "samples.md", SAMPLES_MD)
     header = "step,train_loss,val_loss,val_bpb\n"
@@ -213,7 +219,8 @@ def test_report_has_every_section_and_the_numbers(project: Path) -> None:
     assert "| base model | Tiny Shakespeare val | 5.077 | 160.4 | 2.306 | - | n/a |" in card
     assert "### ROMEO:" in card and "````text\nGood morrow, ```fenced``` cousin.\n````" in card
     # export
-    assert "| int8 delta | +0.027% |" in card and "| size ratio fp32 / int8 | 3.55x |" in card
+    assert "| size ratio fp32 / int8 | 3.55x |" in card and "| +2.000% |" in card
+    assert "int8 delta" not in card and "6.2e-06" not in card  # onnxruntime's: per machine
     # the card links this machine's page; figures are referenced relative to each page
     assert "[local/report.md](local/report.md)" in card
     assert "](figures/curves_steps.png)" in card and "](figures/lengths.png)" in card
@@ -224,6 +231,7 @@ def test_report_has_every_section_and_the_numbers(project: Path) -> None:
     for section in LOCAL_SECTIONS:
         assert f"\n## {section}\n" in local
     assert "| pretrain | 8 | 20,480 | 2,560 |" in local and "n/a on CPU" in local
+    assert "| int8 delta | +0.028% |" in local and "6.200e-06" in local
     assert "| sft | 8 | 5,120 | 640 |" in local
     assert "](figures/curves_time.png)" in local
     assert "Not measured (`--no-speed`)." in local
