@@ -18,6 +18,7 @@ import json
 import socket
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
     messages, connections = (2_000, 50) if args.quick else (8_000, 300)
-    log = Path("/dev/null") if not args.json else args.json.with_suffix(".server.log")
+    log = Path(tempfile.mkdtemp(prefix="bardlet-hardening-")) / "server.log"
     server = Server(args.model, "--read-timeout", "2", threads=1, log=log)
     try:
         server.wait_healthy()
