@@ -313,9 +313,7 @@ def _export_checkpoint(folder: Path, tokenizer_dir: Path = Path("models/tokenize
     out = Path(tempfile.mkdtemp(prefix="bardlet-onnx-"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     typer.echo(f"(exporting {folder} to ONNX for this session)", err=True)
-    return write_model_folder(
-        network, tokenizer, out, params.export.opset, params.chat.styles, info.get("run_id")
-    )
+    return write_model_folder(network, tokenizer, out, params.export.opset, params.chat.styles)
 
 
 if __name__ == "__main__":

@@ -96,17 +96,12 @@ def write_model_folder(
     folder: Path,
     opset: int,
     styles: Mapping[str, Style],
-    run_id: str | None = None,
 ) -> Path:
-    """Everything the runtime needs, in `folder`: model.onnx (config, tokenizer hash, special
-    ids and the MLflow run inside as metadata), the tokenizer (bpe.json, and tokenizer.json
-    for Hugging Face) and the chat style presets (styles.json). Returns model.onnx's path."""
+    """Everything the runtime needs, in `folder`: model.onnx (config, tokenizer hash and
+    special ids inside as metadata), the tokenizer (bpe.json, and tokenizer.json for Hugging
+    Face) and the chat style presets (styles.json). Returns model.onnx's path."""
     folder.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "tokenizer_hash": tokenizer.hash,
-        "special_tokens": tokenizer.special_tokens,
-        "run_id": run_id,
-    }
+    metadata = {"tokenizer_hash": tokenizer.hash, "special_tokens": tokenizer.special_tokens}
     export_onnx(model, folder / "model.onnx", opset, metadata)
     tokenizer.save(folder / TOKENIZER_FILE)
     export_hf(tokenizer, folder / "tokenizer.json")

@@ -605,7 +605,7 @@ def log_to_mlflow(paths: ReportPaths, files: Sequence[Path]) -> str:
     that trained the chat model (models/chat/config.json), else to a new run `report`."""
     from bardlet import tracking
 
-    run = _get(read_json(paths.chat_model / "config.json"), "run_id")
+    run = _get(read_json(paths.chat_model / "mlflow.json"), "run_id")  # the sft run
     try:
         tracking.get_run(run)  # fails without a run_id, or if this store does not have it
     except Exception:  # noqa: BLE001 (then the report gets a run of its own)

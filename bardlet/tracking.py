@@ -218,6 +218,22 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def run_of_experiment(name: str, stage: str, uri: str | None = None) -> str | None:
+    """The run that `stage` made under the DVC experiment `name` (its `dvc.exp_name` tag), or
+    None: the stage did not run in it (DVC had it cached), or the store has no such run."""
+    client = mlflow.MlflowClient(uri or tracking_uri())
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`dvc.exp_name` = '{name}' and tags.`dvc.stage` = '{stage}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
 def get_run(run_id: str) -> mlflow.entities.Run:
     mlflow.set_tracking_uri(tracking_uri())
     return mlflow.get_run(run_id)

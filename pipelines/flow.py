@@ -11,8 +11,8 @@ from the DVC cache) and records the result as an experiment (`dvc exp show`). Th
 and its params.yaml stay untouched; `dvc exp apply <name>` brings a result in.
 
 The flow returns the experiment's name (None without overrides), the MLflow run id of the
-chat model (models/chat/config.json), the metrics (reports/metrics.json) and, without
-overrides, what each stage did.
+chat model (models/chat/mlflow.json, or the experiment's sft run), the metrics
+(reports/metrics.json) and, without overrides, what each stage did.
 
     python -m pipelines.flow                       # run once, offline (a temporary Prefect server)
     python -m pipelines.flow sft.max_steps=4       # the same as a DVC experiment
@@ -24,7 +24,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,14 +33,14 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from bardlet.tracking import flatten
+from bardlet.tracking import flatten, run_of_experiment
 
 # Stages that talk to the network get retries with back-off; the others fail fast.
 RETRYING_STAGES = {"download"}
 RETRY_DELAYS: list[float] = [5, 20, 60]
 
 DVC = [sys.executable, "-m", "dvc"]
-RUN_INFO = "models/chat/config.json"  # written by the sft stage; holds the MLflow run id
+RUN_INFO = "models/chat/mlflow.json"  # written by the sft stage: its MLflow run id
 METRICS = "reports/metrics.json"  # written by the evaluate stage
 
 
@@ -176,14 +175,6 @@ def experiment_info(name: str, workdir: Path) -> dict[str, Any]:
     raise RuntimeError(f"experiment {name!r} is not in `dvc exp show`")
 
 
-def read_at_rev(path: str, rev: str, workdir: Path) -> str:
-    """A DVC-tracked file as the experiment `rev` produced it (from the DVC cache)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / Path(path).name
-        dvc_output(["get", ".", path, "--rev", rev, "--out", str(out)], workdir)
-        return out.read_text(encoding="utf-8")
-
-
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
@@ -252,7 +243,8 @@ def pipeline(
     name = experiment or experiment_name()
     info = run_experiment(name, set_params, workdir)
     rev = info["rev"]
-    run_id = json.loads(read_at_rev(RUN_INFO, rev, root)).get("run_id")
+    # The experiment's sft run, by its tag (mlflow.json is per run: not in the DVC cache).
+    run_id = run_of_experiment(name, "sft", dvc_env(root)["MLFLOW_TRACKING_URI"])
     print(f"experiment {name} ({rev[:7]}): MLflow run {run_id}")
     result = {
         "experiment": name,

@@ -94,7 +94,7 @@ def main() -> None:
     write_text_atomic(REPORTS / "samples.md", "\n".join(lines))
     print(json.dumps(metrics, indent=2))
     # Attach to the sft run that made the chat model.
-    with tracking.run("evaluate", run_id=info["run_id"], tokenizer_hash=tokenizer.hash):
+    with tracking.run("evaluate", run_id=info.get("run_id"), tokenizer_hash=tokenizer.hash):
         tracking.log_metrics(tracking.flatten({"eval": metrics}, sep="/"))
         tracking.log_artifact(REPORTS / "metrics.json", "reports")
         tracking.log_artifact(REPORTS / "samples.md", "reports")

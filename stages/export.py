@@ -46,9 +46,7 @@ def build(
 ) -> dict[str, float]:
     """Export into `staging_dir` and check it; returns the export report, or raises
     SystemExit naming the check that failed."""
-    onnx_path = write_model_folder(
-        model, tokenizer, staging_dir, params.opset, styles, info["run_id"]
-    )
+    onnx_path = write_model_folder(model, tokenizer, staging_dir, params.opset, styles)
     prompt = render_prompt(tokenizer, [{"role": "user", "content": "Who are you?"}])
     worst = check_parity(model, onnx_path, prompt, params.parity_steps)
     print(f"parity: max |logit difference| = {worst:.2e} over {params.parity_steps} steps")
@@ -117,7 +115,7 @@ def main() -> None:
     )
 
     onnx_path = ONNX_DIR / "model.onnx"
-    with tracking.run("export", run_id=info["run_id"]):
+    with tracking.run("export", run_id=info.get("run_id")) as run_id:
         tracking.log_metrics({f"export/{k}": v for k, v in report.items()})
         # A real decoding step as MLflow's input example: the prompt's last token, with the
         # cache the graph made for the tokens before it.
@@ -130,14 +128,14 @@ def main() -> None:
         description = (
             f"{model.num_params():,} parameters, {model.config.n_layer} layers x "
             f"{model.config.n_embd} wide, context {model.config.block_size}; "
-            f"{tracking.CHAMPION_METRIC} = {score:.4f}; MLflow run {info['run_id']}."
+            f"{tracking.CHAMPION_METRIC} = {score:.4f}; MLflow run {run_id}."
         )
         version, champion = tracking.log_onnx_model(onnx_path, example, score, description)
     print(
         f"registered as {tracking.REGISTERED_MODEL} v{version}"
         + (" (champion)" if champion else "")
     )
-    experiment_id = tracking.get_run(info["run_id"]).info.experiment_id
+    experiment_id = tracking.get_run(run_id).info.experiment_id
     print(f"MLflow: `mlflow ui`, then {tracking.ui_url(experiment_id)}")
 
 

@@ -30,12 +30,12 @@ def train_and_save(
     tokenizer: Tokenizer,
     model_dir: Path,
     identity: dict[str, Any],
-    run_id: str,
+    runs: dict[str, str],
 ) -> None:
     """Train on (training batches, validation batches), resumable from checkpoints/<name>/,
     then save what `save_training` lists. `identity` (what the model is trained from) must
-    match for a checkpoint to be resumed, and goes into the model's config.json with the
-    MLflow run id."""
+    match for a checkpoint to be resumed, and goes into the model's config.json; `runs` (the
+    MLflow run ids) into mlflow.json beside it."""
     result = train(
         model,
         *data,
@@ -46,16 +46,21 @@ def train_and_save(
         run_identity={"tokenizer": tokenizer.hash, **identity},
     )
     if distributed.is_main():  # under torchrun only rank 0 writes
-        info = {"run_id": run_id, "tokenizer_hash": tokenizer.hash, **identity}
-        save_training(name, model, result, model_dir, info)
+        info = {"tokenizer_hash": tokenizer.hash, **identity}
+        save_training(name, model, result, model_dir, info, runs)
 
 
 def save_training(
-    name: str, model: GPT, result: TrainResult, model_dir: Path, info: dict[str, Any]
+    name: str,
+    model: GPT,
+    result: TrainResult,
+    model_dir: Path,
+    info: dict[str, Any],
+    runs: dict[str, str],
 ) -> None:
     """models/<name>/, reports/<name>.json (dvc metrics), reports/plots/<name>.csv (dvc plots),
     and the timings: reports/local/<name>.json and .csv."""
-    checkpoint.save(model, model_dir, {**info, "metrics": result.final})
+    checkpoint.save(model, model_dir, {**info, "metrics": result.final}, runs)
     write_json_atomic(REPORTS / f"{name}.json", {**result.final, "params": model.num_params()})
     curve = ("step", "train_loss", "val_loss", "val_bpb")
     write_csv_atomic(PLOTS / f"{name}.csv", [{k: row[k] for k in curve} for row in result.history])

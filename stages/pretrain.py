@@ -42,7 +42,8 @@ def main() -> None:
             tracking.log_artifact(TOKENIZER_DIR / name, "tokenizer")
         data = (train_data, val_batches)
         identity = {"train_tokens": len(train_tokens)}
-        train_and_save("pretrain", model, data, settings, tokenizer, BASE_MODEL, identity, run_id)
+        runs = {"run_id": run_id}
+        train_and_save("pretrain", model, data, settings, tokenizer, BASE_MODEL, identity, runs)
 
     distributed.shutdown()
 

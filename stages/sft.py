@@ -7,6 +7,7 @@ rows, with the loss taken only on the assistant's tokens (the loss mask from the
 from bardlet import tracking
 from bardlet.config import load_params
 from bardlet.data.loaders import PackedConversations
+from bardlet.files import sha256_file
 from bardlet.tokenizer import Tokenizer
 from bardlet.training import checkpoint, distributed
 from stages.outputs import train_and_save
@@ -41,8 +42,9 @@ def main() -> None:
         tokenizer_hash=tokenizer.hash,
     ) as run_id:
         data = (train_data, val_batches)
-        identity = {"base_run_id": base_run_id}
-        train_and_save("sft", model, data, settings, tokenizer, CHAT_MODEL, identity, run_id)
+        identity = {"base_model": sha256_file(BASE_MODEL / checkpoint.WEIGHTS)}
+        runs = {"run_id": run_id, "base_run_id": base_run_id}
+        train_and_save("sft", model, data, settings, tokenizer, CHAT_MODEL, identity, runs)
 
     distributed.shutdown()
 

@@ -1,8 +1,9 @@
 """The Prefect flow and its deployments against a real Prefect server (the test harness).
 
 The flow runs in a toy DVC project (three quick stages shaped like the real ones: download,
-sft writing models/chat/config.json with a run id, evaluate writing reports/metrics.json), so
-DVC, git and Prefect are real but no model trains; the real pipeline under the flow is
+sft writing models/chat/config.json and, through bardlet.tracking, a real MLflow run whose id
+goes to models/chat/mlflow.json, evaluate writing reports/metrics.json), so DVC, git, MLflow
+and Prefect are real but no model trains; the real pipeline under the flow is
 tests/test_pipeline_e2e.py."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 TOY_STAGE = """\
-import json, os, sys, uuid
+import json, os, sys
 from pathlib import Path
 
 import yaml
@@ -36,15 +37,18 @@ if step == "download":
     Path("data/raw").mkdir(parents=True, exist_ok=True)
     Path("data/raw/text.txt").write_text(params["download"]["text"])
 elif step == "sft":
+    from bardlet import tracking
+
     Path("models/chat").mkdir(parents=True, exist_ok=True)
     info = {
-        "run_id": uuid.uuid4().hex,
         "max_steps": params["sft"]["max_steps"],
         "learning_rate": params["sft"]["learning_rate"],
         "schedule": params["sft"]["schedule"],
         "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI"),
         "text": Path("data/raw/text.txt").read_text(),
     }
+    with tracking.run("sft", {"sft": params["sft"]}) as run_id:
+        Path("models/chat/mlflow.json").write_text(json.dumps({"run_id": run_id}))
     Path("models/chat/config.json").write_text(json.dumps(info))
 elif step == "evaluate":
     info = json.loads(Path("models/chat/config.json").read_text())
@@ -99,6 +103,12 @@ def dvc(root: Path, *args: str) -> str:
     return done.stdout
 
 
+def mlflow_client(root: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}")
+
+
 def experiments(root: Path) -> dict[str, dict]:
     """name -> reports/metrics.json of every experiment `dvc exp show` lists."""
     found = {}
@@ -138,7 +148,8 @@ def toy(tmp_path_factory) -> Path:
     (root / "toy.py").write_text(TOY_STAGE)
     (root / "dvc.yaml").write_text(yaml.safe_dump(TOY_DVC, sort_keys=False))
     (root / "params.yaml").write_text(yaml.safe_dump(TOY_PARAMS, sort_keys=False))
-    (root / ".gitignore").write_text("/mlflow.db\n")
+    (root / ".gitignore").write_text("/mlflow.db\n/mlartifacts\n")
+    (root / ".dvcignore").write_text((REPO / ".dvcignore").read_text())  # mlflow.json
     git(root, "init", "-q")
     dvc(root, "init", "-q")
     git(root, "add", "-A")
@@ -171,7 +182,8 @@ def test_flow_without_overrides_runs_each_stage_in_order_then_caches(prefect_ser
     assert list(first["stages"]) == ["download", "sft", "evaluate"]
     assert set(first["stages"].values()) == {"ran"}
     info = json.loads((toy / "models/chat/config.json").read_text())
-    assert first["run_id"] == info["run_id"] and len(info["run_id"]) == 32
+    runs = json.loads((toy / "models/chat/mlflow.json").read_text())
+    assert first["run_id"] == runs["run_id"] and len(runs["run_id"]) == 32
     assert first["metrics"] == {"toy": {"score": 10 * 0.001}}
     # Without MLFLOW_TRACKING_URI the stages use the project's own store.
     assert info["tracking_uri"] == f"sqlite:///{toy.resolve() / 'mlflow.db'}"
@@ -188,6 +200,7 @@ def test_flow_with_overrides_records_a_dvc_experiment_and_leaves_the_tree_clean(
 ):
     params_before = (toy / "params.yaml").read_bytes()
     baseline = json.loads((toy / "models/chat/config.json").read_text())
+    baseline_run = json.loads((toy / "models/chat/mlflow.json").read_text())["run_id"]
     result = pipeline(
         overrides={"sft.max_steps": 4, "sft": {"learning_rate": 0.5, "schedule": "wsd"}},
         experiment="toy-exp",
@@ -200,7 +213,11 @@ def test_flow_with_overrides_records_a_dvc_experiment_and_leaves_the_tree_clean(
         "sft.learning_rate": 0.5,
         "sft.schedule": "wsd",
     }
-    assert len(result["run_id"]) == 32 and result["run_id"] != baseline["run_id"]
+    assert len(result["run_id"]) == 32 and result["run_id"] != baseline_run
+    # The run the flow reports is the experiment's sft run, in the project's MLflow store.
+    run = mlflow_client(toy).get_run(result["run_id"])
+    assert run.data.tags["dvc.exp_name"] == "toy-exp" and run.data.tags["dvc.stage"] == "sft"
+    assert run.data.params["sft.max_steps"] == "4"
     # The work tree did not move: same params.yaml, nothing modified or untracked.
     assert (toy / "params.yaml").read_bytes() == params_before
     assert git(toy, "status", "--porcelain") == ""
@@ -210,7 +227,6 @@ def test_flow_with_overrides_records_a_dvc_experiment_and_leaves_the_tree_clean(
     # Applying the experiment brings in exactly what the flow reported.
     dvc(toy, "exp", "apply", "toy-exp")
     applied = json.loads((toy / "models/chat/config.json").read_text())
-    assert applied["run_id"] == result["run_id"]
     assert (applied["max_steps"], applied["learning_rate"], applied["schedule"]) == (4, 0.5, "wsd")
     assert applied["text"] == TOY_PARAMS["download"]["text"]
     # The experiment ran in a temporary copy, yet MLflow pointed at the project's store.

@@ -157,7 +157,8 @@ def project(tmp_path: Path, tokenizer: Tokenizer) -> Path:
     write_timings(root, seconds=8.0)
     tokenizer.save(root / "models/tokenizer/bpe.json")
     model = {"vocab_size": 300, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 32}
-    write(root / "models/chat/config.json", {"model": model, "run_id": "nope"})
+    write(root / "models/chat/config.json", {"model": model})
+    write(root / "models/chat/mlflow.json", {"run_id": "nope"})
     save_file(
         {
             "blocks.0.attn.qkv.weight": np.zeros((96, 32), np.float32),
@@ -422,8 +423,7 @@ def test_report_is_logged_to_the_chat_models_mlflow_run(
     monkeypatch.chdir(tmp_path)  # the store's artifacts go below the working directory
     with tracking.run("sft") as run_id:
         pass
-    config = json.loads((project / "models/chat/config.json").read_text())
-    write(project / "models/chat/config.json", {**config, "run_id": run_id})
+    write(project / "models/chat/mlflow.json", {"run_id": run_id})
 
     make_report(ReportPaths.under(project), measure_speed=False, mlflow=True)
 

@@ -7,9 +7,8 @@ min, max), bytes of text per token, the on-disk size, for chat data the share of
 carry loss (assistant tokens and their end token), a length histogram and the most frequent
 tokens with their text.
 
-The numbers sit at the top of each split's dict so `dvc metrics show` lists them; the
-histogram and the top tokens are lists of dicts, which DVC leaves out of its table (they are
-for people and plots reading reports/data.json).
+The shard stage writes it to reports/data.json, which the report card reads (it is not a DVC
+metric: `dvc metrics show` keeps to the quality numbers).
 """
 
 from __future__ import annotations

@@ -22,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from itertools import chain, pairwise, repeat
@@ -32,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import regex
+
+from bardlet.files import write_text_atomic
 
 # The GPT-4 (cl100k) pre-tokenizer pattern. Alternatives, tried left to right at each position:
 #   's 't 'll 've 're ...          English contractions, case-insensitive
@@ -561,14 +561,7 @@ class Tokenizer:
         merges = ",\n".join(f"    [{a}, {b}]" for a, b in self.merges)
         lines.append('  "merges": [' + ("\n" + merges + "\n  ]" if merges else "]"))
         lines.append("}\n")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("\n".join(lines))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, "\n".join(lines))
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:

@@ -20,11 +20,10 @@ the exported file, set ``hf_tokenizer.encode_special_tokens = True`` before enco
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from bardlet.files import write_text_atomic
 from bardlet.tokenizer.bpe import MAX_CHUNK_CHARS, Tokenizer
 
 
@@ -142,11 +141,4 @@ def export_hf(tok: Tokenizer, path: str | Path) -> None:
         path = path / "tokenizer.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_hf_dict(tok), ensure_ascii=False, indent=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)

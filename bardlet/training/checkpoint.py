@@ -1,8 +1,11 @@
 """Saving and loading models: safetensors weights plus a JSON config, never pickle.
 
 A model directory holds `model.safetensors` and `config.json` ({"model": GPTConfig fields,
-plus whatever the stage records: run id, tokenizer hash, step, metrics}). Loading parses
-JSON and raw tensors only, so a downloaded checkpoint cannot run code on your machine.
+plus what the stage records: tokenizer hash, what it was trained from, metrics}): the same
+bytes from the same data and code, on every machine. The MLflow run that made the model is
+per run, so it goes to `mlflow.json` beside them, which .dvcignore leaves out of the folder's
+hash (a later stage still finds the run there). Loading parses JSON and raw tensors only, so
+a downloaded checkpoint cannot run code on your machine.
 """
 
 from __future__ import annotations
@@ -27,16 +30,21 @@ from bardlet.training import distributed
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+RUNS = "mlflow.json"  # {"run_id": ..., ...}: per run, not part of the model (see .dvcignore)
 
 
-def save(model: GPT, out_dir: Path, info: dict[str, Any]) -> None:
-    """Write weights and config into a folder beside `out_dir`, then swap it in: a crash or a
-    full disk leaves the previous model whole."""
+def save(
+    model: GPT, out_dir: Path, info: dict[str, Any], runs: dict[str, str] | None = None
+) -> None:
+    """Write weights, config (with `info`) and the MLflow `runs` into a folder beside
+    `out_dir`, then swap it in: a crash or a full disk leaves the previous model whole."""
     with new_folder(out_dir) as folder:
         save_model(model, str(folder / WEIGHTS))  # handles the tied embedding / head weight
         _fsync(folder / WEIGHTS)
         config = json.dumps({"model": model.config.to_dict(), **info}, indent=2) + "\n"
         write_text_atomic(folder / CONFIG, config)
+        if runs:
+            write_text_atomic(folder / RUNS, json.dumps(runs, indent=2) + "\n")
 
 
 def _fsync(path: Path) -> None:
@@ -64,11 +72,20 @@ def read_info(model_dir: Path) -> dict[str, Any]:
         raise _damaged(path, error, model_dir) from None
     if not isinstance(info, dict):
         raise _damaged(path, ValueError("not a JSON object"), model_dir)
-    return info
+    return {**info, **runs_of(model_dir)}
+
+
+def runs_of(model_dir: Path) -> dict[str, str]:
+    """The MLflow runs recorded beside a model ({} if none: pulled from a DVC remote, say)."""
+    try:
+        runs = json.loads((model_dir / RUNS).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return runs if isinstance(runs, dict) else {}
 
 
 def load(model_dir: Path, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
-    """The model (in eval mode) and its config.json contents."""
+    """The model (in eval mode) and its config.json contents, with its MLflow runs."""
     info = read_info(model_dir)
     model = GPT(GPTConfig(**info["model"]))
     try:
