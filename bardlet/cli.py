@@ -184,9 +184,19 @@ def export_hf(
     reports: Annotated[
         Path, typer.Option("--reports", help="metrics.json, export.json for the model card.")
     ] = Path("reports"),
+    base: Annotated[
+        Path,
+        typer.Option(
+            "--base",
+            help="The base model a LoRA adapter in --model was trained on; exported as "
+            "OUT-base/ beside the adapter as OUT-lora/ (PEFT). Unused without an adapter.",
+        ),
+    ] = Path("models/base"),
 ) -> None:
-    """Write a Hugging Face folder (Llama config, safetensors, tokenizer, model card)."""
+    """Write a Hugging Face folder (Llama config, safetensors, tokenizer, model card); for a
+    LoRA fine-tune also the base model and the adapter as a PEFT folder."""
     from bardlet import hf_export, model_card  # imports torch: only for this command
+    from bardlet.training import lora
 
     try:
         hf_export.export_hf(
@@ -196,10 +206,17 @@ def export_hf(
             metrics=model_card.read_report(reports / "metrics.json"),
             export_report=model_card.read_report(reports / "export.json"),
         )
+        typer.echo(f"wrote {out}/ (load it with transformers' AutoModelForCausalLM)")
+        if lora.has_adapter(model):
+            base_out, lora_out = hf_export.export_hf_adapter(model, base, tokenizer, out)
+            typer.echo(
+                f"wrote {base_out}/ and {lora_out}/ (the base model and the LoRA adapter: "
+                f'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base_out}"), '
+                f'"{lora_out}"))'
+            )
     except (FileNotFoundError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
-    typer.echo(f"wrote {out}/ (load it with transformers' AutoModelForCausalLM)")
 
 
 @app.command()

@@ -14,9 +14,11 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictInt,
+    Tag,
     ValidationError,
     model_validator,
 )
@@ -82,16 +84,94 @@ class DownloadParams(Section):
     oasst1_full: Switch  # the full OASST1 Parquet release instead of the mirrored slice
 
 
+# Your own data lives under this folder: it is the prepare stage's DVC dependency, so editing a
+# file there re-runs prepare and what depends on it.
+OWN_DATA = "data/own"
+ChatFormat = Literal["auto", "openai", "sharegpt", "oasst", "text"]
+CorpusFormat = Literal["auto", "text", "jsonl", "parquet"]
+
+
+class OwnSource(Section):
+    """A file, folder or glob of your own under data/own/. Its keys but `path` are optional
+    (the defaults are written here, once): a source is a line a user adds."""
+
+    path: str = Field(min_length=1)
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")  # default: from path
+
+    @model_validator(mode="after")
+    def _under_own_data(self) -> OwnSource:
+        parts = Path(self.path).parts
+        if (
+            Path(self.path).is_absolute()
+            or ".." in parts
+            or parts[:2] != tuple(OWN_DATA.split("/"))
+        ):
+            raise ValueError(
+                f"path {self.path!r} must be inside {OWN_DATA}/ (the prepare stage's DVC "
+                f"dependency): copy or link your files there"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """The source's name in reports and shard rows: `name`, or the path below data/own."""
+        if self.name:
+            return self.name
+        below = Path(*Path(self.path).parts[2:]) if len(Path(self.path).parts) > 2 else "own"
+        return str(below).replace("/", "_").replace("*", "all") or "own"
+
+
+class ChatSource(OwnSource):
+    format: ChatFormat = "auto"
+
+
+class CorpusSource(OwnSource):
+    format: CorpusFormat = "auto"
+    column: str = "text"  # JSON lines and Parquet: the field that holds the text
+    weight: float = Field(default=1.0, gt=0, le=1000)  # x its share by size when sampling
+
+
+def _kind(value: Any) -> str:
+    return "builtin" if isinstance(value, str) else "own"
+
+
+# A source is a built-in name or a mapping: told apart first, so an error speaks of one only.
+Corpus = Annotated[
+    Annotated[Literal["tinyshakespeare", "oasst1"], Tag("builtin")]
+    | Annotated[CorpusSource, Tag("own")],
+    Discriminator(_kind),
+]
+Chats = Annotated[
+    Annotated[Literal["oasst1"], Tag("builtin")] | Annotated[ChatSource, Tag("own")],
+    Discriminator(_kind),
+]
+TAGS = {"builtin", "own"}  # left out of the key an error names
+
+
 class PrepareParams(Section):
-    shakespeare_val_fraction: float = Field(gt=0, lt=1)
+    corpus: list[Corpus] = Field(min_length=1)
+    corpus_val_fraction: float = Field(gt=0, lt=1)
+    chats: list[Chats] = Field(min_length=1)
+    chats_val_percent: float = Field(gt=0, lt=100)
     oasst_lang: str
     oasst_mode: Literal["best", "all"]
-    oasst_val_percent: float = Field(gt=0, lt=100)
+
+    @model_validator(mode="after")
+    def _names_differ(self) -> PrepareParams:
+        for key, sources in (("corpus", self.corpus), ("chats", self.chats)):
+            names = [s if isinstance(s, str) else s.label for s in sources]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{key}: two sources named {twice}: give them a `name`")
+        return self
 
 
 class TokenizerParams(Section):
     vocab_size: StrictInt = Field(ge=262, le=65536)
     special_tokens: list[str]
+    # Training reads at most this many characters, an even sample of all the training text
+    # (the default data is about 2.5 million): a big corpus does not make it slow or huge.
+    sample_chars: StrictInt = Field(ge=10_000)
 
 
 class ShardParams(Section):
@@ -146,6 +226,17 @@ class TrainParams(Section):
     threads: StrictInt = Field(ge=0, description="torch CPU threads; 0 = torch's default")
 
 
+class LoraParams(Section):
+    rank: StrictInt = Field(ge=0, le=1024, description="0 = off: fine-tune every weight")
+    alpha: float = Field(gt=0, description="the update is scaled by alpha / rank")
+    dropout: float = Field(ge=0, lt=1, description="on the adapter's input while training")
+    targets: list[Literal["qkv", "proj", "gate", "up", "down"]] = Field(min_length=1)
+
+
+class SftParams(TrainParams):
+    lora: LoraParams
+
+
 class EvaluateParams(Section):
     eval_batches: Count
     prompts: list[str]
@@ -186,7 +277,7 @@ class Params(Section):
     shard: ShardParams
     model: ModelParams
     pretrain: TrainParams
-    sft: TrainParams
+    sft: SftParams
     evaluate: EvaluateParams
     export: ExportParams
     chat: ChatParams
@@ -199,7 +290,7 @@ class ParamsError(ValueError):
 def _describe(error: ValidationError) -> str:
     lines = []
     for e in error.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in e["loc"] if p not in TAGS) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (check the spelling; see README 'params.yaml')")
         elif e["type"] == "missing":

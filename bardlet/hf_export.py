@@ -13,6 +13,12 @@ bardlet's GPT is Llama-shaped on purpose, so the export is a renaming, not a con
 Then `AutoModelForCausalLM.from_pretrained(folder)` gives the same logits as bardlet, and
 `AutoTokenizer.from_pretrained(folder)` the same token ids. Everything is written as JSON or
 safetensors, and read the same way: nothing is ever unpickled.
+
+A chat model fine-tuned with LoRA (models/chat holds an adapter) also exports as the pair
+PEFT expects (`export_hf_adapter`): the base model as its own folder, and the adapter as a
+PEFT LoRA folder (adapter_config.json, adapter_model.safetensors), so that
+`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)` gives the
+logits of the merged folder.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bardlet.files import atomic_path, write_text_atomic
+from bardlet.files import atomic_path, new_folder, write_text_atomic
 from bardlet.model_card import render_model_card
 from bardlet.tokenizer import Tokenizer
 from bardlet.tokenizer.hf import to_hf_dict
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
     import torch
 
     from bardlet.model import GPT
+    from bardlet.training.lora import Adapter
 
 # The Jinja version of bardlet/data/chat_template.py `render` (and, with
 # add_generation_prompt, `render_prompt`):
@@ -136,6 +143,87 @@ def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         theirs["lm_head.weight"] = ours["lm_head.weight"]
     # safetensors refuses tensors that share memory (q, k, v are views of one matrix).
     return {key: value.detach().cpu().contiguous().clone() for key, value in theirs.items()}
+
+
+# A bardlet LoRA target -> the Llama modules it becomes. Our attention's one fused qkv matrix
+# is three in Llama, so its adapter becomes three: the same A (r x in) for each, and B's rows
+# split into q, k and v blocks as llama_state_dict splits the weight (no row permutation).
+PEFT_TARGETS = {
+    "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "proj": ("self_attn.o_proj",),
+    "gate": ("mlp.gate_proj",),
+    "up": ("mlp.up_proj",),
+    "down": ("mlp.down_proj",),
+}
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file names
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def peft_state_dict(adapter: Adapter, n_layer: int, n_embd: int) -> dict[str, torch.Tensor]:
+    """The adapter's A and B under the names PEFT saves for a LlamaForCausalLM:
+    base_model.model.model.layers.<i>.self_attn.q_proj.lora_A.weight, ..."""
+    from bardlet.training.lora import TARGETS
+
+    theirs = {}
+    for i in range(n_layer):
+        for target in adapter.settings.targets:
+            ours = f"blocks.{i}.{TARGETS[target]}.{target}."
+            a, b = adapter.tensors[ours + "lora_A"], adapter.tensors[ours + "lora_B"]
+            rows = b.split(n_embd, dim=0) if target == "qkv" else (b,)
+            for module, b_rows in zip(PEFT_TARGETS[target], rows, strict=True):
+                layer = f"base_model.model.model.layers.{i}.{module}."
+                theirs[layer + "lora_A.weight"] = a
+                theirs[layer + "lora_B.weight"] = b_rows
+    return {key: value.detach().cpu().contiguous().clone() for key, value in theirs.items()}
+
+
+def peft_config(adapter: Adapter, base_model: str) -> dict[str, Any]:
+    """adapter_config.json for PEFT's LoraConfig: the same rank, alpha (PEFT also scales by
+    lora_alpha / r) and dropout, on the Llama modules our targets became."""
+    modules = [m.rpartition(".")[2] for t in adapter.settings.targets for m in PEFT_TARGETS[t]]
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": adapter.settings.rank,
+        "lora_alpha": adapter.settings.alpha,
+        "lora_dropout": adapter.settings.dropout,
+        "target_modules": sorted(modules),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "inference_mode": True,
+    }
+
+
+def export_hf_adapter(
+    model_dir: Path, base_dir: Path, tokenizer_dir: Path, out_dir: Path
+) -> tuple[Path, Path]:
+    """For a LoRA chat model (`model_dir` holds an adapter): write the base model in
+    `base_dir` as `<out_dir>-base` (a Hugging Face folder like export_hf's) and the adapter as
+    the PEFT folder `<out_dir>-lora`; returns both. The base must be the one the adapter was
+    trained on (its sha256 is in adapter_config.json)."""
+    from bardlet.model import GPTConfig
+    from bardlet.training import checkpoint, lora
+
+    adapter = lora.read_adapter(model_dir)
+    lora.check_base(adapter, base_dir, model_dir)
+    config = GPTConfig(**checkpoint.read_info(base_dir)["model"])
+    base_out = out_dir.with_name(f"{out_dir.name}-base")
+    lora_out = out_dir.with_name(f"{out_dir.name}-lora")
+    export_hf(base_dir, tokenizer_dir, base_out, name="bardlet-base")
+    # Built whole beside the target, then swapped in: never a config without its weights.
+    with new_folder(lora_out) as folder:
+        _write_weights(
+            peft_state_dict(adapter, config.n_layer, config.n_embd), folder / ADAPTER_WEIGHTS
+        )
+        _write_json(folder / ADAPTER_CONFIG, peft_config(adapter, str(base_out)))
+        for path in folder.iterdir():
+            path.chmod(0o644)
+    return base_out, lora_out
 
 
 def llama_config(model: GPT, tokenizer: Tokenizer) -> dict[str, Any]:

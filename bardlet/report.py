@@ -36,7 +36,7 @@ from bardlet.markdown import fenced, fmt, fmt_bytes, table
 
 NA = "not available"
 STAGES = ("pretrain", "sft")
-CORPUS = {"pretrain": "pretrain (Shakespeare)", "sft": "sft (OASST1)"}
+READABLE = {"tinyshakespeare": "Tiny Shakespeare", "oasst1": "OASST1"}  # the built-in sources
 SAMPLE_TEXTS = ("To be, or not to be, that is the question:", "Hello! How can I help you today?")
 SPEED_PROMPT, SPEED_TOKENS = "ROMEO:", 64
 PACKAGES: tuple[str, ...] = ("torch", "onnxruntime", "onnx", "numpy", "mlflow", "dvc", "prefect")
@@ -142,6 +142,7 @@ class Inputs:
         samples = paths.reports / "samples.md"
         self.samples = samples.read_text(encoding="utf-8") if samples.is_file() else None
         self.params = read_json(paths.params, yaml.safe_load)
+        self.data = data_names(self.params)  # {"pretrain": "Tiny Shakespeare", "sft": "OASST1"}
         config = _get(read_json(chat / "config.json"), "model")  # else what params.yaml says
         self.model = config if isinstance(config, dict) else _get(self.params, "model") or {}
         self.shapes = safetensors_shapes(chat / "model.safetensors")
@@ -152,6 +153,24 @@ class Inputs:
 
     def get(self, *keys: str) -> Any:  # get("metrics", "oasst", "bpb"): the value, or None
         return _get(self.results, *keys)
+
+
+def data_names(params: Json | None) -> dict[str, str]:
+    """What each training stage learned from, for labels: "Tiny Shakespeare" and "OASST1" by
+    default, else the sources' names from params.yaml's prepare section."""
+    from pydantic import ValidationError
+
+    from bardlet.config import PrepareParams
+
+    try:
+        prepare = PrepareParams.model_validate(_get(params, "prepare"))
+    except ValidationError:
+        return {"pretrain": "Tiny Shakespeare", "sft": "OASST1"}
+
+    def names(sources: list) -> str:
+        return " + ".join(READABLE.get(s, s) if isinstance(s, str) else s.label for s in sources)
+
+    return {"pretrain": names(prepare.corpus), "sft": names(prepare.chats)}
 
 
 def missing(what: str, hint: str) -> str:
@@ -214,7 +233,7 @@ def _figure(columns: int) -> tuple[Any, list[Any]]:
     return figure, [figure.add_subplot(1, columns, i + 1) for i in range(columns)]
 
 
-def plot_curves(curves: dict[str, Rows | None], x: str) -> Any:
+def plot_curves(curves: dict[str, Rows | None], x: str, labels: dict[str, str]) -> Any:
     """Validation loss (training loss dashed) and bits per byte against `x`: one line per
     stage, one panel per quantity the CSVs have. None if no curve has the `x` column."""
     usable = {name: rows for name, rows in curves.items() if rows and all(x in r for r in rows)}
@@ -228,7 +247,7 @@ def plot_curves(curves: dict[str, Rows | None], x: str) -> Any:
             for column in (key, "train_loss") if key == "val_loss" else (key,):
                 kind, style = ("val", "o-") if column == key else ("train", "--")
                 if points := [(r[x], r[column]) for r in rows if column in r]:
-                    label = f"{CORPUS.get(name, name)} {kind}"
+                    label = f"{name} ({labels[name]}) {kind}"
                     axis.plot(*zip(*points, strict=True), style, color=color, label=label)
         axis.set(title=title, xlabel={"step": "optimizer step"}.get(x, f"wall-clock {x}"))
         axis.grid(True, alpha=0.3)
@@ -236,7 +255,7 @@ def plot_curves(curves: dict[str, Rows | None], x: str) -> Any:
     return figure
 
 
-def plot_lengths(data: Json | None) -> Any:
+def plot_lengths(data: Json | None, labels: dict[str, str]) -> Any:
     """Histograms of tokens per row (document or conversation) of each training split."""
     splits = {c: _get(data, c, "train", "length_histogram") for c in STAGES}
     splits = {corpus: bins for corpus, bins in splits.items() if isinstance(bins, list) and bins}
@@ -248,7 +267,7 @@ def plot_lengths(data: Json | None) -> Any:
         shown = bins[used[0] : used[-1] + 1]  # without the empty bins at both ends
         axis.bar(range(len(shown)), [b["rows"] for b in shown], color="tab:blue")
         axis.set_xticks(range(len(shown)), [f"<{b['hi']}" for b in shown], rotation=45)
-        axis.set(title=f"{CORPUS.get(corpus, corpus)} train: tokens per row", ylabel="rows")
+        axis.set(title=f"{corpus} ({labels[corpus]}) train: tokens per row", ylabel="rows")
         axis.grid(True, axis="y", alpha=0.3)
     return figure
 
@@ -307,12 +326,13 @@ def _output(*command: str, cwd: Path | None = None) -> str | None:
 
 @section("Summary")
 def summary_section(r: Inputs) -> Parts:
+    text, chats = r.data["pretrain"], r.data["sft"]
     rows = [
         ("parameters", r.num_params),
-        ("base model, Tiny Shakespeare val bits per byte", r.get("pretrain", "val_bpb")),
-        ("chat model, Tiny Shakespeare val bits per byte", r.get("metrics", "shakespeare", "bpb")),
-        ("chat model, OASST1 val bits per byte", r.get("metrics", "oasst", "bpb")),
-        ("chat model, OASST1 ROUGE-L", r.get("metrics", "oasst", "rouge_l")),
+        (f"base model, {text} val bits per byte", r.get("pretrain", "val_bpb")),
+        (f"chat model, {text} val bits per byte", r.get("metrics", "shakespeare", "bpb")),
+        (f"chat model, {chats} val bits per byte", r.get("metrics", "oasst", "bpb")),
+        (f"chat model, {chats} ROUGE-L", r.get("metrics", "oasst", "rouge_l")),
     ]
     return [table(("what", "value"), rows)]
 
@@ -331,14 +351,7 @@ def data_section(r: Inputs) -> Parts:
     if (p := r.results["prepare"]) is None:
         parts.append(missing("preparation counts", "reports/prepare.json: `dvc repro prepare`"))
     else:
-        s, o = ({k: fmt(v) for k, v in p.get(c, {}).items()} for c in ("shakespeare", "oasst"))
-        parts.append(
-            f"Prepared: Tiny Shakespeare {s.get('train_chars')} train / {s.get('val_chars')} val "
-            f"characters; OASST1 {o.get('messages')} messages ({o.get('deleted')} deleted, "
-            f"{o.get('rejected')} rejected, {o.get('orphans')} orphans) in {o.get('trees')} trees "
-            f"-> {o.get('conversations')} conversations ({o.get('train_conversations')} train, "
-            f"{o.get('val_conversations')} val)."
-        )
+        parts.append(f"Prepared (reports/prepare.json):\n\n{prepared_table(p)}")
     if r.results["data"] is None:
         return [*parts, missing("token counts", "reports/data.json: `dvc repro shard`")]
     cols = "rows tokens assistant_tokens text_bytes bytes_per_token mean_len max_len parquet_bytes"
@@ -347,13 +360,35 @@ def data_section(r: Inputs) -> Parts:
     for row, s in zip(shard_rows, r.splits.values(), strict=True):
         row += [fmt_bytes(s.get(k)) if k.endswith("bytes") else s.get(k, "-") for k in cols.split()]
     shards = table(header.split("|"), shard_rows)
-    parts.append(f"Token shards (`pretrain` = Tiny Shakespeare, `sft` = OASST1):\n\n{shards}")
+    what = f"`pretrain` = {r.data['pretrain']}, `sft` = {r.data['sft']}"
+    parts.append(f"Token shards ({what}):\n\n{shards}")
     if top := r.get("data", "pretrain", "train", "top_tokens"):
         shown = ", ".join(f"`{t.get('text')!r}` {100 * t.get('share', 0):.1f}%" for t in top[:8])
-        parts.append(f"Most frequent tokens in Shakespeare train: {shown}.")
+        parts.append(f"Most frequent tokens in {r.data['pretrain']} train: {shown}.")
     if figure := r.figures.get("lengths"):
         parts.append(link("Tokens per row", figure, r.paths.out))
     return parts
+
+
+def prepared_table(prepared: Json) -> str:
+    """One row per source: what it is for, its train and val sizes, what was left out."""
+    rows = []
+    for name, c in (_get(prepared, "corpus") or {}).items():
+        split = [fmt_bytes(_get(c, f"{s}_bytes")) for s in ("train", "val")]
+        rows.append((name, "pretrain", *split, f"{fmt(_get(c, 'files'))} file(s)"))
+    for name, c in (_get(prepared, "chats") or {}).items():
+        split = [f"{fmt(_get(c, f'{s}_conversations'))} conversations" for s in ("train", "val")]
+        notes = [f"{fmt(_get(c, 'files'))} file(s)"] if _get(c, "files") else []
+        if _get(c, "trees") is not None:  # OASST1: what happened to its messages
+            notes.append(
+                f"{fmt(_get(c, 'messages'))} messages ({fmt(_get(c, 'deleted'))} deleted, "
+                f"{fmt(_get(c, 'rejected'))} rejected, {fmt(_get(c, 'orphans'))} orphans) in "
+                f"{fmt(_get(c, 'trees'))} trees"
+            )
+        dropped = _get(c, "dropped") or {}
+        notes.append("left out: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
+        rows.append((name, "sft", *split, "; ".join(notes)))
+    return table(("source", "for", "train", "val", "notes"), rows)
 
 
 @section("Tokenizer")
@@ -429,9 +464,10 @@ def evaluation_section(r: Inputs) -> Parts:
         loss = r.get("pretrain", "val_loss")
         base = {"loss": loss, "bpb": r.get("pretrain", "val_bpb")}
         base["perplexity"] = math.exp(loss) if isinstance(loss, int | float) else None
-        models = [("base model", "Tiny Shakespeare val", base)]
-        models.append(("chat model", "Tiny Shakespeare val", metrics.get("shakespeare") or {}))
-        models.append(("chat model", "OASST1 val (assistant)", metrics.get("oasst") or {}))
+        text, chats = f"{r.data['pretrain']} val", f"{r.data['sft']} val (assistant)"
+        models = [("base model", text, base)]
+        models.append(("chat model", text, metrics.get("shakespeare") or {}))
+        models.append(("chat model", chats, metrics.get("oasst") or {}))
         keys = ("loss", "perplexity", "bpb", "rouge_l", "tokens")
         rows = [(a, b, *(({"rouge_l": "-"} | m).get(k) for k in keys)) for a, b, m in models]
         header = ("model", "data", "loss", "perplexity", "bits/byte", "ROUGE-L", "tokens")
@@ -515,7 +551,7 @@ def onnx_checks_section(r: Inputs) -> Parts:
         return [missing("ONNX checks", "reports/local/export.json: `dvc repro export` here")]
     rows = [
         ("parity: max abs logit difference vs PyTorch", checks.get("parity_max_abs_diff")),
-        ("fp32 bits per byte (Tiny Shakespeare val)", checks.get("fp32_bpb")),
+        (f"fp32 bits per byte ({r.data['pretrain']} val)", checks.get("fp32_bpb")),
         ("int8 bits per byte", checks.get("int8_bpb")),
         ("int8 delta", _percent(checks.get("int8_bpb_delta_percent"))),
     ]
@@ -584,9 +620,13 @@ def write_report(
     if measure_speed:
         r.speeds = {"fp32": onnx_speed(onnx), "int8": onnx_speed(onnx.with_suffix(".int8.onnx"))}
     for key, figure, path in [
-        ("steps", plot_curves(r.curves, "step"), paths.figures / "curves_steps.png"),
-        ("lengths", plot_lengths(r.results["data"]), paths.figures / "lengths.png"),
-        ("time", plot_curves(r.time_curves, "seconds"), paths.local / "figures/curves_time.png"),
+        ("steps", plot_curves(r.curves, "step", r.data), paths.figures / "curves_steps.png"),
+        ("lengths", plot_lengths(r.results["data"], r.data), paths.figures / "lengths.png"),
+        (
+            "time",
+            plot_curves(r.time_curves, "seconds", r.data),
+            paths.local / "figures/curves_time.png",
+        ),
         ("moved", None, paths.figures / "curves_time.png"),  # to local/: it is not reproducible
     ]:
         r.figures[key] = save_figure(figure, path)

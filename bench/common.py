@@ -1,8 +1,11 @@
-"""What the bench scripts share: where the data mirror is."""
+"""What the bench scripts share: where the data mirror is, and running a worker process."""
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,3 +17,28 @@ def data_dir() -> Path:
         if candidate is not None and candidate.is_dir():
             return candidate
     sys.exit("data mirror not found: set BARDLET_DATA_MIRROR to the folder with the data files")
+
+
+def run_worker(
+    script: str, job: dict[str, Any], timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run `script --worker JOB` in a fresh process (so its peak memory and caches are its
+    own) and return the JSON its last line prints, or {"error": ...} if it fails or times out.
+    `env`: extra environment variables."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    try:
+        proc = subprocess.run(
+            [sys.executable, script, "--worker", json.dumps(job)],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=REPO,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result

@@ -41,12 +41,13 @@ import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import common  # bench/common.py: this script's folder is on sys.path
 
 from bardlet.markdown import table
 
@@ -160,18 +161,9 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_worker(job: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "ORT_DISABLE_TELEMETRY": "1"}
-    done = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(job)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"worker {job['path']} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result = common.run_worker(__file__, job, timeout, {"ORT_DISABLE_TELEMETRY": "1"})
+    if "error" in result:
+        raise RuntimeError(f"worker {job['path']} failed: {result['error']}")
     return result
 
 
@@ -241,7 +233,7 @@ def make_prompt() -> list[int]:
     from bardlet.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(REPO / "models" / "onnx" / "bpe.json")
-    source = REPO / "data" / "prepared" / "shakespeare" / "val.txt"
+    source = REPO / "data" / "prepared" / "corpus" / "tinyshakespeare" / "val.txt"
     text = (
         source.read_text(encoding="utf-8")[:2000]
         if source.exists()
@@ -256,7 +248,7 @@ def quality(models: dict[str, Any], max_batches: int | None) -> dict[str, Any]:
     import numpy as np
 
     from bardlet.data.loaders import PackedConversations, TokenWindows
-    from bardlet.data.shards import concat_tokens, read_split
+    from bardlet.data.shards import read_tokens
     from bardlet.runtime.evaluate import measure_onnx_bpb
     from bardlet.tokenizer import Tokenizer
 
@@ -265,7 +257,7 @@ def quality(models: dict[str, Any], max_batches: int | None) -> dict[str, Any]:
     shards = REPO / "data" / "shards"
     if not (shards / "pretrain" / "val").exists():
         return {"skipped": "no data/shards: run the pipeline first"}
-    tokens = concat_tokens(read_split(shards / "pretrain" / "val", tokenizer.hash))
+    tokens = read_tokens(shards / "pretrain" / "val", tokenizer.hash)[0]
     sets = {
         "shakespeare": lambda: TokenWindows(tokens, 256, 16, 0).sequential(),
         "oasst": lambda: PackedConversations.from_split(

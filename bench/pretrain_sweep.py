@@ -92,11 +92,11 @@ def worker(name: str, quick: bool) -> dict[str, Any]:
 
     from bardlet.config import load_params
     from bardlet.data.loaders import TokenWindows
-    from bardlet.data.shards import concat_tokens, read_split
+    from bardlet.data.shards import read_tokens
     from bardlet.model import GPT, GPTConfig
     from bardlet.tokenizer import Tokenizer
     from bardlet.training.loop import train
-    from stages.paths import SHAKESPEARE, SHARDS, TOKENIZER
+    from stages.paths import CORPUS, SHARDS, TOKENIZER
     from stages.tokenizer import training_texts
 
     change = RUNS[name]
@@ -113,14 +113,16 @@ def worker(name: str, quick: bool) -> dict[str, Any]:
     vocab_size = change["tokenizer"]["vocab_size"]
     tokenizer = Tokenizer.load(TOKENIZER)
     if tokenizer.vocab_size == vocab_size:  # the pipeline's own tokenizer and shards
-        train_tokens = concat_tokens(read_split(SHARDS / "pretrain/train", tokenizer.hash))
-        val_tokens = concat_tokens(read_split(SHARDS / "pretrain/val", tokenizer.hash))
+        train_tokens = read_tokens(SHARDS / "pretrain/train", tokenizer.hash)[0]
+        val_tokens = read_tokens(SHARDS / "pretrain/val", tokenizer.hash)[0]
     else:
         tokenizer = Tokenizer.train(
-            training_texts(), vocab_size, special_tokens=params.tokenizer.special_tokens
+            training_texts(params.tokenizer.sample_chars),
+            vocab_size,
+            special_tokens=params.tokenizer.special_tokens,
         )
         train_tokens, val_tokens = (
-            np.array(tokenizer.encode((SHAKESPEARE / f"{split}.txt").read_text("utf-8")))
+            np.array(tokenizer.encode((CORPUS / f"tinyshakespeare/{split}.txt").read_text("utf-8")))
             for split in ("train", "val")
         )
     block = model_params.block_size

@@ -47,7 +47,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import common  # bench/common.py: this script's folder is on sys.path
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -243,24 +243,9 @@ def worker_row(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_worker(job: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]), PYTHONPATH=str(REPO))
-    with tempfile.TemporaryDirectory() as cache:
-        env["TORCHINDUCTOR_CACHE_DIR"] = cache  # cold compile every time
-        try:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--worker", json.dumps(job)],
-                capture_output=True,
-                text=True,
-                env=env,
-                cwd=REPO,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-3:]
-        return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as cache:  # cold compile every time
+        env = {"OMP_NUM_THREADS": str(job["threads"]), "TORCHINDUCTOR_CACHE_DIR": cache}
+        return common.run_worker(__file__, job, timeout, env)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Stage `evaluate`: how good is the chat model? -> reports/metrics.json, reports/samples.md
 
-- Tiny Shakespeare val: loss, perplexity, bits per byte over every validation token.
-- OASST1 val: the same on assistant tokens only, and ROUGE-L of greedy replies against the
-  reference replies.
+- The corpus's val split (Tiny Shakespeare; metric key `shakespeare`): loss, perplexity, bits
+  per byte over every validation token.
+- The chats' val split (OASST1; key `oasst`): the same on assistant tokens only, and ROUGE-L
+  of greedy replies to each conversation's first question against its first answer.
 - Samples: fixed prompts answered greedily and sampled (seeded), for a human to read.
 
 Replies come from the model exported to ONNX (into a temporary folder) through the runtime's
@@ -19,7 +20,7 @@ from bardlet import tracking
 from bardlet.config import load_params
 from bardlet.data.chat_template import render_prompt
 from bardlet.data.loaders import PackedConversations, TokenWindows
-from bardlet.data.shards import concat_tokens, read_split
+from bardlet.data.shards import read_tokens
 from bardlet.evaluation import measure, rouge_l
 from bardlet.export import write_model_folder
 from bardlet.files import write_json_atomic, write_text_atomic
@@ -28,15 +29,20 @@ from bardlet.runtime.sampling import Sampling
 from bardlet.runtime.session import OnnxLM
 from bardlet.tokenizer import Tokenizer
 from bardlet.training import checkpoint
-from stages.paths import CHAT_MODEL, OASST, REPORTS, SHARDS, TOKENIZER
+from stages.paths import CHAT_MODEL, CHATS, REPORTS, SHARDS, TOKENIZER
 
 GREEDY = Sampling(temperature=0)
 
 
-def reply(lm: OnnxLM, prompt: str, settings: Sampling, max_new_tokens: int) -> str:
-    """The chat model's answer to one user message (no system prompt). A question too long
-    for the context keeps its last tokens, so every conversation is scored."""
-    ids = render_prompt(lm.tokenizer, [{"role": "user", "content": prompt}])
+def reply(
+    lm: OnnxLM, prompt: str, settings: Sampling, max_new_tokens: int, system: str | None = None
+) -> str:
+    """The chat model's answer to one user message (after `system`, if given). A question too
+    long for the context keeps its last tokens, so every conversation is scored."""
+    messages = [{"role": "user", "content": prompt}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    ids = render_prompt(lm.tokenizer, messages)
     ids = ids[-(lm.block_size - max_new_tokens) :]
     stop_ids = sorted(lm.tokenizer.special_tokens.values())
     return Generation(lm, ids, max_new_tokens, settings, stop_ids).text()
@@ -50,7 +56,7 @@ def main() -> None:
     block = model.config.block_size
     byte_lengths = np.array(tokenizer.byte_lengths())
 
-    val_text = concat_tokens(read_split(SHARDS / "pretrain/val", tokenizer.hash))
+    val_text = read_tokens(SHARDS / "pretrain/val", tokenizer.hash)[0]
     windows = TokenWindows(val_text, block, batch_size=16, seed=0).sequential()
     shakespeare = measure(model, windows, byte_lengths, max_batches=settings.eval_batches)
     chats = PackedConversations.from_split(SHARDS / "sft/val", tokenizer, block, 16, 0)
@@ -62,14 +68,15 @@ def main() -> None:
         )
         lm = OnnxLM(onnx_path)
         conversations = [
-            json.loads(line)
-            for line in (OASST / "val.jsonl").read_text(encoding="utf-8").splitlines()
+            json.loads(line)["messages"]
+            for line in (CHATS / "val.jsonl").read_text(encoding="utf-8").splitlines()
         ]
         scores = []
-        for conversation in conversations[: settings.rouge_conversations]:
-            question, answer = conversation["messages"][0], conversation["messages"][1]
-            greedy = reply(lm, question["content"], GREEDY, settings.max_new_tokens)
-            scores.append(rouge_l(greedy, answer["content"]))
+        for messages in conversations[: settings.rouge_conversations]:
+            system = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
+            question, answer = messages[0]["content"], messages[1]["content"]
+            greedy = reply(lm, question, GREEDY, settings.max_new_tokens, system)
+            scores.append(rouge_l(greedy, answer))
         oasst["rouge_l"] = sum(scores) / max(len(scores), 1)
 
         sampled = settings.sampling()

@@ -6,6 +6,8 @@ to reports/local/ (git-ignored; dvc.yaml's top-level `metrics` shows them), so a
 run leaves `git status` clean.
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,16 @@ from bardlet.training.loop import TrainResult, train
 from stages.paths import CHECKPOINTS, LOCAL_REPORTS, PLOTS, REPORTS
 
 
+@dataclass
+class Saved:
+    """What goes into the model folder when it is not just the trained model: LoRA saves the
+    merged weights, with the adapter's files beside them and its numbers in the report."""
+
+    model: GPT  # written as model.safetensors + config.json
+    files: dict[str, bytes] = field(default_factory=dict)  # more files for the folder
+    metrics: dict[str, float] = field(default_factory=dict)  # more keys for reports/<name>.json
+
+
 def train_and_save(
     name: str,
     model: GPT,
@@ -31,11 +43,14 @@ def train_and_save(
     model_dir: Path,
     identity: dict[str, Any],
     runs: dict[str, str],
+    *,
+    to_save: Callable[[GPT], Saved] | None = None,
 ) -> None:
     """Train on (training batches, validation batches), resumable from checkpoints/<name>/,
     then save what `save_training` lists. `identity` (what the model is trained from) must
     match for a checkpoint to be resumed, and goes into the model's config.json; `runs` (the
-    MLflow run ids) into mlflow.json beside it."""
+    MLflow run ids) into mlflow.json beside it. `to_save` turns the trained model into what
+    is saved (default: the model itself)."""
     result = train(
         model,
         *data,
@@ -47,12 +62,13 @@ def train_and_save(
     )
     if distributed.is_main():  # under torchrun only rank 0 writes
         info = {"tokenizer_hash": tokenizer.hash, **identity}
-        save_training(name, model, result, model_dir, info, runs)
+        saved = to_save(model) if to_save is not None else Saved(model)
+        save_training(name, saved, result, model_dir, info, runs)
 
 
 def save_training(
     name: str,
-    model: GPT,
+    saved: Saved,
     result: TrainResult,
     model_dir: Path,
     info: dict[str, Any],
@@ -60,8 +76,10 @@ def save_training(
 ) -> None:
     """models/<name>/, reports/<name>.json (dvc metrics), reports/plots/<name>.csv (dvc plots),
     and the timings: reports/local/<name>.json and .csv."""
-    checkpoint.save(model, model_dir, {**info, "metrics": result.final}, runs)
-    write_json_atomic(REPORTS / f"{name}.json", {**result.final, "params": model.num_params()})
+    model = saved.model
+    checkpoint.save(model, model_dir, {**info, "metrics": result.final}, runs, saved.files)
+    numbers = {**result.final, "params": model.num_params(), **saved.metrics}
+    write_json_atomic(REPORTS / f"{name}.json", numbers)
     curve = ("step", "train_loss", "val_loss", "val_bpb")
     write_csv_atomic(PLOTS / f"{name}.csv", [{k: row[k] for k in curve} for row in result.history])
     write_json_atomic(LOCAL_REPORTS / f"{name}.json", result.speed)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
-SHAKESPEARE = PREPARED / "shakespeare"  # train.txt, val.txt
-OASST = PREPARED / "oasst"  # train.jsonl, val.jsonl: one conversation per line
+CORPUS = PREPARED / "corpus"  # <source>/train.txt, val.txt: text to pretrain on
+CHATS = PREPARED / "chats"  # train.jsonl, val.jsonl: one conversation per line
 TOKENIZER_DIR = Path("models/tokenizer")
 TOKENIZER = TOKENIZER_DIR / "bpe.json"
 SHARDS = Path("data/shards")  # {pretrain,sft}/{train,val}/*.parquet + manifest.json

@@ -1,59 +1,136 @@
-"""Stage `prepare`: Tiny Shakespeare train/val text, and OASST1 conversations split by tree.
+"""Stage `prepare`: the text to pretrain on and the conversations to fine-tune on, split.
 
-Shakespeare: the first 90% of the file's bytes train, the last 10% validate (nanoGPT's
-split, so bits per byte compare with its published numbers). OASST1: message trees rebuilt
-into conversations, assigned to train or val by a stable hash of the tree id, so no reply
-of a validation conversation is ever trained on.
+prepare.corpus (default: Tiny Shakespeare) -> data/prepared/corpus/<source>/{train,val}.txt:
+the last `corpus_val_fraction` of each source's bytes validates (nanoGPT's split).
+prepare.chats (default: OASST1) -> data/prepared/chats/{train,val}.jsonl, one checked
+conversation a line, assigned by a stable hash of its id (for OASST, of its message tree), so
+no reply of a validation conversation is ever trained on. Your own files live in data/own/.
 """
 
 import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
 
-from bardlet.config import load_params
+from bardlet.config import ChatSource, PrepareParams, load_params
+from bardlet.data.chats import Message, checked, read_chats
+from bardlet.data.corpus import DataFileError, source_files, write_split_text
 from bardlet.data.oasst import build_conversations, read_all_messages, tree_split
-from bardlet.data.sources import oasst1_sources
+from bardlet.data.sources import TINYSHAKESPEARE, oasst1_sources
 from bardlet.files import new_folder, write_json_atomic, write_text_atomic
-from stages.paths import OASST, PREPARED, RAW, REPORTS, SHAKESPEARE
+from stages.paths import CHATS, CORPUS, PREPARED, RAW, REPORTS
+
+Conversations = Iterable[tuple[str, list[Message]]]
 
 
-def split_text(data: bytes, val_fraction: float) -> tuple[str, str]:
-    cut = int(len(data) * (1 - val_fraction))
-    while cut < len(data) and (data[cut] & 0xC0) == 0x80:  # never cut inside a character
-        cut += 1
-    return data[:cut].decode("utf-8"), data[cut:].decode("utf-8")
+class Conversation(NamedTuple):
+    split: str
+    source: str
+    id: str
+    messages: list[Message]
+
+    def json_line(self) -> str:
+        row = {"source": self.source, "id": self.id, "messages": self.messages}
+        return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def oasst1(params: PrepareParams, full: bool, counts: dict[str, Any]) -> Conversations:
+    """The downloaded OASST1 trees as conversations; what happened to its messages goes to
+    `counts`."""
+    files = [RAW / s.path for s in oasst1_sources(full)]
+    messages, stats = read_all_messages(files, lang=params.oasst_lang)
+    found = build_conversations(messages, mode=params.oasst_mode, stats=stats)
+    counts.update(stats.as_dict())
+    return ((c["id"], c["messages"]) for c in found)
+
+
+def own_chats(source: ChatSource, params: PrepareParams, counts: dict[str, Any]) -> Conversations:
+    files = source_files(source.path)
+    counts["files"] = len(files)
+    for path in files:
+        for conversation_id, messages in read_chats(
+            path, source.format, params.oasst_lang, params.oasst_mode
+        ):
+            yield f"{source.label}/{conversation_id}", messages
+
+
+def chats_text(conversations: list[Conversation], folder: Path) -> dict[str, int]:
+    """The corpus source `oasst1`: the message text of the OASST1 conversations, train from
+    train and val from val (so pretraining never sees a validation reply)."""
+    sizes = {}
+    for split in ("train", "val"):
+        texts = [m["content"] for c in conversations if c.split == split for m in c.messages]
+        text = "\n\n".join(texts)
+        write_text_atomic(folder / f"{split}.txt", text)
+        sizes[f"{split}_bytes"] = len(text.encode("utf-8"))
+    documents = sum(len(c.messages) for c in conversations)
+    return {"files": 0, "documents": documents, **sizes}
 
 
 def main() -> None:
     all_params = load_params()
     params = all_params.prepare
-    train, val = split_text(
-        (RAW / "tinyshakespeare/input.txt").read_bytes(), params.shakespeare_val_fraction
-    )
-    files = [RAW / s.path for s in oasst1_sources(all_params.download.oasst1_full)]
-    messages, stats = read_all_messages(files, lang=params.oasst_lang)
-    conversations = build_conversations(messages, mode=params.oasst_mode, stats=stats)
-    splits: dict[str, list[dict]] = {"train": [], "val": []}
-    for conversation in conversations:
-        splits[tree_split(conversation["id"], params.oasst_val_percent)].append(conversation)
-
+    report: dict[str, Any] = {"corpus": {}, "chats": {}}
+    kept: list[Conversation] = []
     # Built beside data/prepared and swapped in whole: a failure leaves the previous data.
     with new_folder(PREPARED) as folder:
-        write_text_atomic(folder / SHAKESPEARE.name / "train.txt", train)
-        write_text_atomic(folder / SHAKESPEARE.name / "val.txt", val)
-        for name, rows in splits.items():
-            lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
-            write_text_atomic(folder / OASST.name / f"{name}.jsonl", "".join(lines))
+        wanted = [*params.chats, *(["oasst1"] if "oasst1" in params.corpus else [])]
+        for chats in dict.fromkeys(wanted):  # oasst1 once, also when only the corpus wants it
+            counts: dict[str, Any] = {}
+            if isinstance(chats, str):  # oasst1, downloaded
+                name, found = chats, oasst1(params, all_params.download.oasst1_full, counts)
+            else:
+                name, found = chats.label, own_chats(chats, params, counts)
+            dropped: Counter[str] = Counter()
+            splits: Counter[str] = Counter()
+            for conversation_id, messages in checked(found, dropped):
+                split = tree_split(conversation_id, params.chats_val_percent)
+                kept.append(Conversation(split, name, conversation_id, messages))
+                splits[split] += 1
+            if not splits:
+                raise DataFileError(
+                    f"prepare.chats: {name} has no conversation to train on "
+                    f"(left out: {dict(dropped) or 'none found'})"
+                )
+            counts.update(
+                dropped=dict(sorted(dropped.items())),
+                train_conversations=splits["train"],
+                val_conversations=splits["val"],
+            )
+            if chats in params.chats:
+                report["chats"][name] = counts
+        for split in ("train", "val"):
+            lines = [
+                c.json_line() for c in kept if c.split == split and c.source in report["chats"]
+            ]
+            if not lines:
+                raise DataFileError(
+                    f"prepare.chats: no conversation landed in {split}: add conversations, or "
+                    "change prepare.chats_val_percent"
+                )
+            write_text_atomic(folder / CHATS.name / f"{split}.jsonl", "".join(lines))
 
-    report = {
-        "shakespeare": {"train_chars": len(train), "val_chars": len(val)},
-        "oasst": {
-            **stats.as_dict(),
-            "train_conversations": len(splits["train"]),
-            "val_conversations": len(splits["val"]),
-        },
-    }
+        for text in params.corpus:
+            if text == "oasst1":  # the OASST1 conversations' text
+                oasst = [c for c in kept if c.source == "oasst1"]
+                report["corpus"][text] = chats_text(oasst, folder / CORPUS.name / text)
+                continue
+            if isinstance(text, str):  # tinyshakespeare, downloaded
+                name, files, fmt, column = text, [RAW / TINYSHAKESPEARE.path], "text", ""
+            else:
+                name, files = text.label, source_files(text.path)
+                fmt, column = text.format, text.column
+            report["corpus"][name] = write_split_text(
+                files, fmt, column, params.corpus_val_fraction, folder / CORPUS.name / name
+            )
+
     write_json_atomic(REPORTS / "prepare.json", report)
     print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (DataFileError, FileNotFoundError) as error:
+        raise SystemExit(f"prepare: {error}") from None

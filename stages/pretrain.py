@@ -1,11 +1,12 @@
-"""Stage `pretrain`: a GPT learns Tiny Shakespeare by next-token prediction -> models/base."""
+"""Stage `pretrain`: a GPT learns the corpus (Tiny Shakespeare) by next-token prediction ->
+models/base. With several corpus sources, `prepare.corpus` weights say how often each is drawn."""
 
 import torch
 
 from bardlet import tracking
 from bardlet.config import load_params
 from bardlet.data.loaders import TokenWindows
-from bardlet.data.shards import concat_tokens, read_split
+from bardlet.data.shards import read_tokens
 from bardlet.model import GPT, GPTConfig
 from bardlet.tokenizer import Tokenizer
 from bardlet.training import distributed
@@ -18,9 +19,12 @@ def main() -> None:
     settings = params.pretrain
     tokenizer = Tokenizer.load(TOKENIZER)
     block = params.model.block_size
-    train_tokens = concat_tokens(read_split(SHARDS / "pretrain/train", tokenizer.hash))
-    val_tokens = concat_tokens(read_split(SHARDS / "pretrain/val", tokenizer.hash))
-    train_data = TokenWindows(train_tokens, block, settings.batch_size, settings.seed)
+    train_tokens, sources = read_tokens(SHARDS / "pretrain/train", tokenizer.hash)
+    val_tokens, _ = read_tokens(SHARDS / "pretrain/val", tokenizer.hash)
+    weights = {s if isinstance(s, str) else s.label: 1.0 for s in params.prepare.corpus}
+    weights.update({s.label: s.weight for s in params.prepare.corpus if not isinstance(s, str)})
+    mix = {name: (span, weights[name]) for name, span in sources.items()}
+    train_data = TokenWindows(train_tokens, block, settings.batch_size, settings.seed, mix)
     val_data = TokenWindows(val_tokens, block, settings.batch_size, settings.seed + 1)
     val_batches = [val_data.batch(i) for i in range(settings.eval_batches)]
 
@@ -41,7 +45,9 @@ def main() -> None:
         for name in ("bpe.json", "tokenizer.json"):
             tracking.log_artifact(TOKENIZER_DIR / name, "tokenizer")
         data = (train_data, val_batches)
-        identity = {"train_tokens": len(train_tokens)}
+        identity: dict = {"train_tokens": len(train_tokens)}
+        if len(set(weights.values())) > 1:  # what the windows were drawn from
+            identity["corpus_weights"] = weights
         runs = {"run_id": run_id}
         train_and_save("pretrain", model, data, settings, tokenizer, BASE_MODEL, identity, runs)
 

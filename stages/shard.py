@@ -1,35 +1,45 @@
-"""Stage `shard`: token ids into Parquet shards, one row per document or conversation.
+"""Stage `shard`: token ids into Parquet shards, one row per paragraph or conversation.
 
-pretrain/: Tiny Shakespeare, one row per speech (text between blank lines), plain tokens.
-sft/: OASST1 conversations rendered with the chat template, tokens plus loss mask.
+pretrain/: each corpus source's text, one row per paragraph (text up to a blank line), plain
+tokens, read and encoded a batch of paragraphs at a time. Row ids start with the source's name.
+sft/: the conversations rendered with the chat template, tokens plus loss mask.
 """
 
 import json
-import re
 from collections.abc import Iterator
+from itertools import islice
+
+import numpy as np
 
 from bardlet.config import load_params
 from bardlet.data.chat_template import render
+from bardlet.data.corpus import paragraphs
 from bardlet.data.report import data_report
 from bardlet.data.shards import Row, write_split
 from bardlet.files import new_folder, write_json_atomic
 from bardlet.tokenizer import Tokenizer
-from stages.paths import OASST, REPORTS, SHAKESPEARE, SHARDS, TOKENIZER
+from stages.paths import CHATS, CORPUS, REPORTS, SHARDS, TOKENIZER
+
+ENCODE_BATCH = 4096  # paragraphs encoded together: fast, and memory stays small
 
 
 def text_rows(tokenizer: Tokenizer, split: str) -> Iterator[Row]:
-    text = (SHAKESPEARE / f"{split}.txt").read_text(encoding="utf-8")
-    # Split after each blank line: the pieces concatenate back to exactly the original text.
-    documents = [d for d in re.split(r"(?<=\n\n)", text) if d]
-    for i, ids in enumerate(tokenizer.encode_batch(documents)):
-        yield Row(source_id=f"shakespeare/{split}/{i}", tokens=ids)
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
+    for source in sorted(path for path in CORPUS.iterdir() if path.is_dir()):
+        pieces, first = paragraphs(source / f"{split}.txt"), 0
+        while batch := list(islice(pieces, ENCODE_BATCH)):
+            for i, ids in enumerate(tokenizer.encode_batch(batch), first):
+                yield Row(source_id=f"{source.name}/{split}/{i}", tokens=np.array(ids, dtype))
+            first += len(batch)
 
 
 def chat_rows(tokenizer: Tokenizer, split: str) -> Iterator[Row]:
-    for line in (OASST / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
-        conversation = json.loads(line)
-        ids, mask = render(tokenizer, conversation["messages"])
-        yield Row(source_id=f"oasst/{conversation['id']}", tokens=ids, loss_mask=mask)
+    with open(CHATS / f"{split}.jsonl", encoding="utf-8") as f:
+        for line in f:
+            conversation = json.loads(line)
+            ids, mask = render(tokenizer, conversation["messages"])
+            source_id = f"{conversation['source']}/{conversation['id']}"
+            yield Row(source_id=source_id, tokens=ids, loss_mask=mask)
 
 
 def main() -> None:

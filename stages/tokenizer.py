@@ -1,25 +1,58 @@
 """Stage `tokenizer`: train our byte-level BPE on the training text (never on validation)."""
 
+import hashlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 from bardlet.config import load_params
+from bardlet.data.corpus import paragraphs
 from bardlet.files import new_folder
 from bardlet.tokenizer import Tokenizer
 from bardlet.tokenizer.hf import export_hf
-from stages.paths import OASST, SHAKESPEARE, TOKENIZER, TOKENIZER_DIR
+from stages.paths import CHATS, CORPUS, TOKENIZER, TOKENIZER_DIR
 
 
-def training_texts() -> list[str]:
-    texts = [(SHAKESPEARE / "train.txt").read_text(encoding="utf-8")]
-    for line in (OASST / "train.jsonl").read_text(encoding="utf-8").splitlines():
-        texts.extend(message["content"] for message in json.loads(line)["messages"])
+def training_texts(sample_chars: int) -> list[str]:
+    """Every corpus source's training text and every message of the training conversations;
+    when that is more than `sample_chars`, an even sample of it: paragraphs and conversations
+    kept by a stable hash, so the same data gives the same sample."""
+    corpus = sorted(CORPUS.glob("*/train.txt"))
+    chats = CHATS / "train.jsonl"
+    size = sum(path.stat().st_size for path in [*corpus, chats])
+    share = min(1.0, sample_chars / size)
+    texts = []
+    for path in corpus:
+        if share == 1.0:
+            texts.append(path.read_text(encoding="utf-8"))  # whole: it is within the budget
+        else:
+            pieces = enumerate(paragraphs(path))
+            texts.extend(piece for i, piece in pieces if kept(f"{path}#{i}", share))
+    for i, line in enumerate(lines(chats)):
+        if kept(f"{chats}#{i}", share):
+            texts.extend(message["content"] for message in json.loads(line)["messages"])
     return texts
+
+
+def lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        yield from f
+
+
+def kept(key: str, share: float) -> bool:
+    """Whether the piece named `key` is in a sample of `share` (stable across runs)."""
+    if share >= 1.0:
+        return True
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < share * 2**64
 
 
 def main() -> None:
     params = load_params().tokenizer
     tokenizer = Tokenizer.train(
-        training_texts(), vocab_size=params.vocab_size, special_tokens=params.special_tokens
+        training_texts(params.sample_chars),
+        vocab_size=params.vocab_size,
+        special_tokens=params.special_tokens,
     )
     with new_folder(TOKENIZER_DIR) as folder:  # swapped in whole when both files are written
         tokenizer.save(folder / TOKENIZER.name)

@@ -71,5 +71,5 @@ def train_params(**overrides):
     bardlet/config.py hold no defaults, params.yaml holds every value."""
     from bardlet.config import TrainParams, load_params
 
-    base = load_params(REPO / "params.yaml").sft.model_dump()
+    base = load_params(REPO / "params.yaml").sft.model_dump(exclude={"lora"})
     return TrainParams(**{**base, **overrides})

@@ -8,7 +8,7 @@ import pytest
 
 from bardlet.data.chat_template import render, render_prompt
 from bardlet.data.loaders import PackedConversations, TokenWindows
-from bardlet.data.shards import Row, ShardError, concat_tokens, read_split, write_split
+from bardlet.data.shards import Row, ShardError, read_split, read_tokens, write_split
 
 CONVERSATION = [
     {"role": "user", "content": "Hello there"},
@@ -60,7 +60,9 @@ def test_shards_round_trip_and_manifest(tmp_path, small_tokenizer):
     table = read_split(tmp_path, "abc")
     assert table.column("source_id").to_pylist() == [f"doc/{i}" for i in range(7)]
     assert str(table.schema.field("tokens").type) == "list<element: uint16>"
-    assert concat_tokens(table).tolist() == [t for r in rows for t in r.tokens]
+    tokens, sources = read_tokens(tmp_path, "abc")
+    assert tokens.tolist() == [t for r in rows for t in r.tokens] and tokens.dtype == np.uint16
+    assert sources == {"doc": range(0, 35)}
     assert (
         pq.ParquetFile(tmp_path / "shard-00000.parquet").metadata.row_group(0).column(1).compression
         == "ZSTD"

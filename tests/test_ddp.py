@@ -30,7 +30,7 @@ model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=
 tokens = np.random.default_rng(0).integers(0, 64, 5000).astype(np.uint16)
 data = TokenWindows(tokens, 16, 4, seed=1)
 val = [data.batch(10_000)]
-base = load_params(Path("PARAMS_YAML")).sft.model_dump()
+base = load_params(Path("PARAMS_YAML")).sft.model_dump(exclude={"lora"})
 params = TrainParams(**{**base, **dict(max_steps=12, batch_size=4, grad_accum=grad_accum,
                      learning_rate=1e-2, warmup_steps=2, eval_interval=4, eval_batches=1,
                      log_interval=4, threads=1, keep_best=False)})

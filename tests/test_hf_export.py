@@ -23,14 +23,17 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from bardlet.cli import app
+from bardlet.config import LoraParams
 from bardlet.data.chat_template import render, render_prompt
-from bardlet.hf_export import export_hf
+from bardlet.files import sha256_file
+from bardlet.hf_export import export_hf, export_hf_adapter
 from bardlet.model import GPT, GPTConfig
 from bardlet.model_card import NOT_MEASURED, read_report, render_model_card
 from bardlet.tokenizer import Tokenizer
-from bardlet.training import checkpoint
+from bardlet.training import checkpoint, lora
 
 transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")  # loads the LoRA export as its users would
 
 REPO = Path(__file__).resolve().parents[1]
 STOPS = ("<|end|>", "<|bos|>")
@@ -399,3 +402,98 @@ def test_cli_push_explains_what_is_missing(tmp_path: Path, monkeypatch) -> None:
     empty.mkdir()
     not_exported = CliRunner().invoke(app, ["push", "--repo-id", "a/b", "--folder", str(empty)])
     assert not_exported.exit_code == 2 and "bardlet export-hf" in not_exported.output
+
+
+# --- LoRA: the base model and a PEFT adapter folder ---------------------------------------
+
+
+def lora_checkpoint(root: Path, tokenizer: Tokenizer, targets: list[str], tied: bool) -> GPT:
+    """models/base and a LoRA models/chat as the sft stage writes them (merged weights plus
+    the adapter), with B random instead of trained; returns the model with its adapters."""
+    base = random_checkpoint(root / "base", tokenizer, tied=tied)
+    settings = LoraParams(rank=4, alpha=8, dropout=0.1, targets=targets)
+    model = lora.add_adapters(base, settings, seed=3)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for layer in lora.adapted_layers(model).values():
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator))
+    files = lora.adapter_files(model, settings, sha256_file(root / "base" / checkpoint.WEIGHTS))
+    info = {"tokenizer_hash": tokenizer.hash, "run_id": "test"}
+    checkpoint.save(lora.merge(model), root / "chat", info, files=files)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("targets", "tied"),
+    [(["qkv", "proj", "gate", "up", "down"], True), (["qkv", "down"], False)],
+    ids=["all-tied", "qkv-down-untied"],
+)
+def test_peft_loads_base_and_adapter_with_the_merged_logits(
+    tmp_path: Path, small_tokenizer: Tokenizer, tokenizer_dir: Path, targets, tied
+) -> None:
+    ours = lora_checkpoint(tmp_path, small_tokenizer, targets, tied)
+    out = export_hf(tmp_path / "chat", tokenizer_dir, tmp_path / "hf")
+    base_out, lora_out = export_hf_adapter(
+        tmp_path / "chat", tmp_path / "base", tokenizer_dir, tmp_path / "hf"
+    )
+    assert (base_out, lora_out) == (tmp_path / "hf-base", tmp_path / "hf-lora")
+    assert sorted(p.name for p in lora_out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    config = json.loads((lora_out / "adapter_config.json").read_text())
+    expected_modules = {"q_proj", "k_proj", "v_proj", "down_proj"}
+    if len(targets) == 5:
+        expected_modules |= {"o_proj", "gate_proj", "up_proj"}
+    assert set(config["target_modules"]) == expected_modules
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (4, 8, 0.1)
+
+    load = transformers.AutoModelForCausalLM.from_pretrained
+    merged = load(out, local_files_only=True).eval()
+    base = load(base_out, local_files_only=True)
+    adapted = peft.PeftModel.from_pretrained(base, lora_out, local_files_only=True).eval()
+    tokens = torch.tensor([small_tokenizer.encode("ROMEO: What light through yonder window")])
+    with torch.no_grad():
+        expected = merged(tokens).logits
+        got = adapted(tokens).logits
+        bardlet_adapter, _, _ = ours(tokens)
+        with adapted.disable_adapter():
+            base_only = adapted(tokens).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got, bardlet_adapter, atol=1e-4, rtol=0)
+    # The adapter matters: without it the logits are far from the merged model's.
+    assert (base_only - expected).abs().max() > 0.1
+
+
+def test_export_hf_adapter_refuses_another_base(
+    tmp_path: Path, small_tokenizer: Tokenizer, tokenizer_dir: Path
+) -> None:
+    lora_checkpoint(tmp_path, small_tokenizer, ["qkv"], tied=True)
+    other = random_checkpoint(tmp_path / "other", small_tokenizer, tied=False)
+    assert other is not None
+    with pytest.raises(ValueError, match="was trained on the base model") as error:
+        export_hf_adapter(tmp_path / "chat", tmp_path / "other", tokenizer_dir, tmp_path / "hf")
+    assert str(tmp_path / "other" / "model.safetensors") in str(error.value)
+    assert "dvc checkout" in str(error.value)
+    assert not (tmp_path / "hf-base").exists() and not (tmp_path / "hf-lora").exists()
+
+
+def test_cli_export_hf_writes_base_and_adapter_for_a_lora_model(
+    tmp_path: Path, small_tokenizer: Tokenizer, tokenizer_dir: Path
+) -> None:
+    lora_checkpoint(tmp_path, small_tokenizer, ["qkv", "up"], tied=True)
+    args = ["export-hf", "--model", str(tmp_path / "chat"), "--tokenizer", str(tokenizer_dir)]
+    args += ["--out", str(tmp_path / "hf"), "--reports", str(tmp_path / "none")]
+    result = CliRunner().invoke(app, [*args, "--base", str(tmp_path / "base")])
+    assert result.exit_code == 0, result.output
+    assert "PeftModel.from_pretrained" in result.output
+    for name in (
+        "hf/model.safetensors",
+        "hf-base/model.safetensors",
+        "hf-lora/adapter_config.json",
+    ):
+        assert (tmp_path / name).is_file(), name
+
+    random_checkpoint(tmp_path / "base", small_tokenizer, tied=False)  # another base
+    wrong = CliRunner().invoke(app, [*args, "--base", str(tmp_path / "base")])
+    assert wrong.exit_code == 2 and "was trained on the base model" in wrong.output

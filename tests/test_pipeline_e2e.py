@@ -460,6 +460,35 @@ def test_second_repro_is_a_no_op(project):
         runs.write_bytes(saved)
 
 
+def test_your_own_files_rerun_prepare_and_what_depends_on_it_nothing_else(project):
+    """data/own is prepare's dependency: a file there changes prepare, and once prepare has
+    run, the stages that read its output; download and the rest never."""
+    own = project / "data/own/mine.jsonl"
+    params_file = project / "params.yaml"
+    saved = params_file.read_text()
+    try:
+        shutil.copy(REPO / "examples/chats/openai.jsonl", own)
+        assert set(dvc_json(project, "status")) == {"prepare"}
+        params = yaml.safe_load(saved)
+        params["prepare"]["chats"] = ["oasst1", {"path": "data/own/mine.jsonl"}]
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        out = run([sys.executable, "-m", "dvc", "repro", "prepare"], project).stdout
+        assert ran_stages(out) == {"prepare"}, out
+        mine = json.loads((project / "reports/prepare.json").read_text())["chats"]["mine.jsonl"]
+        assert mine["train_conversations"] + mine["val_conversations"] == 3
+        # What reads data/prepared (and the report, which shows prepare.json) is now out of
+        # date; download, pretrain (the shards have not changed yet) and the rest are not.
+        readers = {"tokenizer", "shard", "evaluate", "report"}
+        assert set(dvc_json(project, "status")) == readers
+        own.write_text(own.read_text().replace("Sirius", "Sirius A"))
+        assert set(dvc_json(project, "status")) == {"prepare", *readers}
+    finally:  # back as it was (DVC's run cache), even when an assert failed: later tests
+        own.unlink(missing_ok=True)  # start from the first run's outputs
+        params_file.write_text(saved)
+        out = run([sys.executable, "-m", "dvc", "repro", "prepare"], project).stdout
+    assert dvc_json(project, "status") == {}, out
+
+
 DISK_FULL = """
 set -e
 real=$(mktemp -d)

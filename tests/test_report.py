@@ -116,10 +116,15 @@ def project(tmp_path: Path, tokenizer: Tokenizer) -> Path:
     write(
         reports / "prepare.json",
         {
-            "shakespeare": {"train_chars": 1003854, "val_chars": 111540},
-            "oasst": {"messages": 2022, "deleted": 40, "rejected": 46, "orphans": 3,
-                      "trees": 188, "conversations": 188, "train_conversations": 172,
-                      "val_conversations": 16},
+            "corpus": {"tinyshakespeare": {"files": 1, "documents": 1, "train_bytes": 1003854,
+                                           "val_bytes": 111540}},
+            "chats": {
+                "oasst1": {"messages": 2022, "deleted": 40, "rejected": 46, "orphans": 3,
+                           "trees": 188, "conversations": 188, "dropped": {},
+                           "train_conversations": 172, "val_conversations": 16},
+                "mine": {"files": 2, "dropped": {"empty_turn": 3}, "train_conversations": 9,
+                         "val_conversations": 1},
+            },
         },
     )  # fmt: skip
     write(
@@ -203,7 +208,7 @@ def test_report_has_every_section_and_the_numbers(project: Path) -> None:
         assert f"\n## {section}\n" in card
     # data
     assert "tinyshakespeare" in card and "1.1 MB" in card
-    assert "2,022 messages" in card and "172 train, 16 val" in card
+    assert "2,022 messages" in card
     assert "| sft/train | 172 | 91,242 | 77,012 | 273.7 KB | 3 | 530.5 | 2 | 1.2 KB |" in card
     assert "| pretrain/train | 6,285 | 284,125 | - |" in card
     # tokenizer: vocab and a segmentation that decodes back to the line
@@ -218,6 +223,16 @@ def test_report_has_every_section_and_the_numbers(project: Path) -> None:
     # evaluation, samples (the reply's backticks cannot close its fence)
     assert "| chat model | OASST1 val (assistant) | 5.44 | 230.1 | 2.427 | 0.0673 | 5,383 |" in card
     assert "| base model | Tiny Shakespeare val | 5.077 | 160.4 | 2.306 | - | n/a |" in card
+    # What prepare made of each source, and what it left out.
+    assert "| tinyshakespeare | pretrain | 1.0 MB | 111.5 KB | 1 file(s) |" in card
+    assert (
+        "| oasst1 | sft | 172 conversations | 16 conversations | 2,022 messages (40 deleted, "
+        "46 rejected, 3 orphans) in 188 trees; left out: none |"
+    ) in card
+    assert (
+        "| mine | sft | 9 conversations | 1 conversations | 2 file(s); left out: empty_turn 3 |"
+        in card
+    )
     assert "### ROMEO:" in card and "````text\nGood morrow, ```fenced``` cousin.\n````" in card
     # export
     assert "| size ratio fp32 / int8 | 3.55x |" in card and "| +2.000% |" in card

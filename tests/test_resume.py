@@ -29,7 +29,7 @@ from bardlet.model import GPT, GPTConfig
 from bardlet.training.loop import train
 
 out = Path(sys.argv[1])
-base = load_params("PARAMS_YAML").sft.model_dump()
+base = load_params("PARAMS_YAML").sft.model_dump(exclude={"lora"})
 torch.set_num_threads(1)
 torch.manual_seed(0)
 model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1, mlp_ratio=8 / 3, tie_embeddings=True))

@@ -6,7 +6,7 @@ from bardlet.data.loaders import TokenWindows
 from bardlet.evaluation import measure, rouge_l
 from bardlet.model import GPT, GPTConfig
 from bardlet.training import checkpoint
-from bardlet.training.loop import learning_rate, train
+from bardlet.training.loop import learning_rate, make_optimizer, train
 from tests.conftest import train_params
 
 
@@ -95,3 +95,27 @@ def test_rouge_l():
     assert (
         abs(rouge_l("the cat sat", "the dog has sat") - 2 * (2 / 3 * 0.5) / (2 / 3 + 0.5)) < 1e-12
     )
+
+
+def test_optimizer_takes_every_weight_of_a_plain_model_in_model_order():
+    """Full fine-tuning and pretraining: every parameter, in order, matrices decayed (the
+    LoRA filter on requires_grad leaves this path exactly as it was)."""
+    model = GPT(
+        GPTConfig(
+            vocab_size=64,
+            block_size=16,
+            n_layer=2,
+            n_head=2,
+            n_embd=32,
+            mlp_ratio=8 / 3,
+            dropout=0.0,
+            tie_embeddings=True,
+        )
+    )
+    p = params(weight_decay=0.3)
+    decay, no_decay = make_optimizer(model, p, torch.device("cpu")).param_groups
+    everything = list(model.parameters())
+    assert decay["params"] == [w for w in everything if w.dim() >= 2]
+    assert no_decay["params"] == [w for w in everything if w.dim() < 2]
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.3, 0.0)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(everything)

@@ -6,7 +6,7 @@ draws exactly the batches an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -24,9 +24,21 @@ class BatchSource(Protocol):
 
 
 class TokenWindows:
-    """Random windows from one long stream of tokens (pretraining on plain text)."""
+    """Random windows from one long stream of tokens (pretraining on plain text).
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int) -> None:
+    With `mix` ({source: (its range in `tokens`, weight)}) and weights that differ, a window
+    comes from a source with probability proportional to its size times its weight, then from
+    anywhere inside it: weight 2 makes a source count twice its size. Equal weights (or no mix)
+    draw uniformly from the whole stream."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        mix: Mapping[str, tuple[range, float]] | None = None,
+    ) -> None:
         if len(tokens) <= block_size + 1:
             raise ValueError(
                 f"only {len(tokens)} tokens for windows of {block_size + 1}: "
@@ -37,10 +49,27 @@ class TokenWindows:
         self.batch_size = batch_size
         self.seed = seed
         self._offsets = np.arange(block_size + 1)
+        self._mix: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        if mix and len({weight for _, weight in mix.values()}) > 1:
+            for name, (span, _) in mix.items():
+                if len(span) <= block_size + 1:
+                    raise ValueError(
+                        f"source {name} has {len(span)} tokens, too few for windows of "
+                        f"{block_size + 1}: give it more text or leave it out"
+                    )
+            firsts = np.array([span.start for span, _ in mix.values()])
+            places = np.array([len(span) - block_size - 1 for span, _ in mix.values()])
+            shares = np.array([len(span) * weight for span, weight in mix.values()])
+            self._mix = firsts, places, shares / shares.sum()
 
     def batch(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, step])
-        starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size)
+        if self._mix is None:
+            starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size)
+        else:
+            firsts, places, shares = self._mix
+            source = rng.choice(len(shares), size=self.batch_size, p=shares)
+            starts = firsts[source] + rng.integers(0, places[source])
         # One fancy-indexing gather for the whole batch: no Python loop over tokens.
         windows = self.tokens[starts[:, None] + self._offsets].astype(np.int64)
         return windows[:, :-1], windows[:, 1:]

@@ -21,13 +21,14 @@ import pyarrow.parquet as pq
 from bardlet.files import atomic_path, sha256_file, write_json_atomic
 
 MANIFEST = "manifest.json"
+MAX_FILE_TOKENS = 1 << 24  # a shard file holds at most this many tokens: memory stays small
 
 
 @dataclass
 class Row:
-    source_id: str
-    tokens: list[int]
-    loss_mask: list[bool] | None = None  # chat data only
+    source_id: str  # "<source>/...": the name of the data it came from first
+    tokens: list[int] | np.ndarray
+    loss_mask: list[bool] | np.ndarray | None = None  # chat data only
 
 
 class ShardError(RuntimeError):
@@ -71,17 +72,17 @@ def write_split(
         has_mask = chat[0]
         for row in pending:
             _check_row(row, has_mask)
-        try:
-            tokens = pa.array([r.tokens for r in pending], pa.list_(dtype))
-        except (pa.ArrowException, OverflowError, TypeError) as err:
-            raise _bad_tokens(pending, vocab_size, err) from None
-        _check_token_range(tokens, pending, vocab_size)
+        offsets = pa.array(np.cumsum([0] + [len(r.tokens) for r in pending]), pa.int32())
+        values = np.concatenate([_token_ids(r, vocab_size) for r in pending])
+        _check_token_range(values, offsets.to_numpy(), pending, vocab_size)
+        tokens = pa.ListArray.from_arrays(offsets, pa.array(values.astype(dtype.to_pandas_dtype())))
         columns = {
             "source_id": pa.array([r.source_id for r in pending], pa.string()),
             "tokens": tokens,
         }
         if has_mask:
-            columns["loss_mask"] = pa.array([r.loss_mask for r in pending], pa.list_(pa.bool_()))
+            masks = np.concatenate([np.asarray(r.loss_mask, dtype=bool) for r in pending])
+            columns["loss_mask"] = pa.ListArray.from_arrays(offsets, pa.array(masks))
         name = f"shard-{len(files):05d}.parquet"
         with atomic_path(out_dir / name) as tmp:
             pq.write_table(
@@ -98,10 +99,13 @@ def write_split(
         pending.clear()
 
     try:
+        pending_tokens = 0
         for row in rows:
             pending.append(row)
-            if len(pending) >= rows_per_file:
+            pending_tokens += len(row.tokens)
+            if len(pending) >= rows_per_file or pending_tokens >= MAX_FILE_TOKENS:
                 flush()
+                pending_tokens = 0
         flush()
     except BaseException:
         _remove_split_files(out_dir)  # nothing half-written stays behind
@@ -137,14 +141,12 @@ def _check_row(row: Row, has_mask: bool) -> None:
         )
 
 
-def _check_token_range(tokens: pa.ListArray, rows: list[Row], vocab_size: int) -> None:
+def _check_token_range(
+    values: np.ndarray, offsets: np.ndarray, rows: list[Row], vocab_size: int
+) -> None:
     """Every id must be a token of the vocabulary (0..vocab_size-1): one vectorized check."""
-    values = tokens.flatten().to_numpy(zero_copy_only=False)
-    if values.size == 0:
-        return
     bad = np.flatnonzero((values < 0) | (values >= vocab_size))
     if bad.size:
-        offsets = tokens.offsets.to_numpy()
         row = int(np.searchsorted(offsets, bad[0], side="right")) - 1
         raise ShardError(
             f"row {rows[row].source_id!r}: token id {int(values[bad[0]])} is outside the "
@@ -152,16 +154,21 @@ def _check_token_range(tokens: pa.ListArray, rows: list[Row], vocab_size: int) -
         )
 
 
-def _bad_tokens(rows: list[Row], vocab_size: int, err: Exception) -> ShardError:
-    """The error for rows Arrow could not convert (only on that path: a Python scan is fine)."""
-    for row in rows:
-        for token in row.tokens:
-            if not isinstance(token, int | np.integer) or not 0 <= token < vocab_size:
-                return ShardError(
-                    f"row {row.source_id!r}: token id {token!r} is outside the vocabulary "
-                    f"(vocab_size {vocab_size})"
-                )
-    return ShardError(f"token ids that do not fit the shard's integer type ({err})")
+def _token_ids(row: Row, vocab_size: int) -> np.ndarray:
+    """A row's tokens as int64, or ShardError if they are not whole numbers."""
+    try:
+        ids = np.asarray(row.tokens)
+    except (OverflowError, TypeError, ValueError):
+        ids = np.asarray([], dtype=object)
+    if ids.size == 0 and len(row.tokens) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        bad = next((t for t in row.tokens if not isinstance(t, int | np.integer)), row.tokens)
+        raise ShardError(
+            f"row {row.source_id!r}: token id {bad!r} is outside the vocabulary "
+            f"(vocab_size {vocab_size})"
+        )
+    return ids.astype(np.int64)
 
 
 def _rerun(problem: str) -> ShardError:
@@ -197,12 +204,10 @@ def read_manifest(split_dir: Path) -> dict:
     return manifest
 
 
-def read_split(split_dir: Path, tokenizer_hash: str) -> pa.Table:
-    """All rows of a split, after checking the manifest, each file's sha256 and the tokenizer.
-
-    Any problem (a missing, corrupt or foreign manifest, a shard cut short or changed on
-    disk) raises ShardError naming the file and saying to re-run `dvc repro shard`.
-    """
+def checked_files(split_dir: Path, tokenizer_hash: str) -> tuple[dict, list[Path]]:
+    """The split's manifest and shard paths, after checking the manifest, the tokenizer and
+    each file's sha256. Any problem (a missing, corrupt or foreign manifest, a shard cut short
+    or changed on disk) raises ShardError naming the file and saying to re-run the stage."""
     split_dir = Path(split_dir)
     manifest = read_manifest(split_dir)
     if manifest["tokenizer_hash"] != tokenizer_hash:
@@ -210,26 +215,66 @@ def read_split(split_dir: Path, tokenizer_hash: str) -> pa.Table:
             f"{split_dir} was written by tokenizer {manifest['tokenizer_hash'][:12]}, "
             f"but the current tokenizer is {tokenizer_hash[:12]}"
         )
-    tables = []
+    paths = []
     for entry in manifest["files"]:
         path = split_dir / entry["file"]
         if not path.exists() or sha256_file(path) != entry["sha256"]:
             raise _rerun(f"{path} is missing or does not match its manifest sha256")
+        paths.append(path)
+    if not paths:
+        raise ShardError(f"{split_dir} has no shards: check the prepare stage's output")
+    return manifest, paths
+
+
+def read_split(split_dir: Path, tokenizer_hash: str) -> pa.Table:
+    """All rows of a split (chat data: a few MB), checked as `checked_files` says."""
+    _, paths = checked_files(split_dir, tokenizer_hash)
+    tables = []
+    for path in paths:
         try:
             tables.append(pq.read_table(path, memory_map=True))
         except (pa.ArrowException, OSError) as err:
             raise _rerun(f"{path} is not a readable Parquet shard ({err})") from None
-    if not tables:
-        raise ShardError(f"{split_dir} has no shards: check the prepare stage's output")
     try:
         return pa.concat_tables(tables)
     except pa.ArrowException as err:
         raise _rerun(f"the shards in {split_dir} do not share one schema ({err})") from None
 
 
-def concat_tokens(table: pa.Table) -> np.ndarray:
-    """Every row's tokens end to end, as one flat array (no Python loop over tokens)."""
-    return table.column("tokens").combine_chunks().values.to_numpy()
+def read_tokens(split_dir: Path, tokenizer_hash: str) -> tuple[np.ndarray, dict[str, range]]:
+    """Every row's tokens end to end, as one flat array (what pretraining draws windows from),
+    and where each source's rows lie in it ({"tinyshakespeare": range(0, 300_000)}). Read a
+    record batch at a time into one array of the manifest's size: memory holds the token ids
+    (2 bytes each), never a table of the whole split."""
+    manifest, paths = checked_files(split_dir, tokenizer_hash)
+    dtype = token_type(int(manifest.get("vocab_size", 1 << 16))).to_pandas_dtype()
+    tokens = np.empty(int(manifest.get("tokens", 0)), dtype=dtype)
+    starts: dict[str, int] = {}
+    at = 0
+    for path in paths:
+        try:
+            batches = pq.ParquetFile(path).iter_batches(columns=["source_id", "tokens"])
+            for batch in batches:
+                column = batch.column("tokens")
+                values = column.flatten().to_numpy(zero_copy_only=False)
+                if at + len(values) > len(tokens):
+                    raise _rerun(f"{path} holds more tokens than its manifest says")
+                lengths = np.diff(column.offsets.to_numpy())
+                names = batch.column("source_id").to_pylist()
+                for source_id, length in zip(names, lengths, strict=True):
+                    name = source_id.split("/", 1)[0]
+                    if name in starts and name != list(starts)[-1]:
+                        raise _rerun(f"{split_dir}: the rows of source {name} are not together")
+                    starts.setdefault(name, at)
+                    at += int(length)
+                tokens[at - len(values) : at] = values
+        except (pa.ArrowException, OSError, KeyError) as err:
+            raise _rerun(f"{path} is not a readable Parquet shard ({err})") from None
+    if at != len(tokens):
+        raise _rerun(f"{split_dir} holds {at:,} tokens, its manifest says {len(tokens):,}")
+    ends = [*list(starts.values())[1:], at]
+    spans = zip(starts.items(), ends, strict=True)
+    return tokens, {name: range(start, end) for (name, start), end in spans}
 
 
 def rows_as_arrays(table: pa.Table, column: str) -> list[np.ndarray]:

@@ -4,8 +4,9 @@ A model directory holds `model.safetensors` and `config.json` ({"model": GPTConf
 plus what the stage records: tokenizer hash, what it was trained from, metrics}): the same
 bytes from the same data and code, on every machine. The MLflow run that made the model is
 per run, so it goes to `mlflow.json` beside them, which .dvcignore leaves out of the folder's
-hash (a later stage still finds the run there). Loading parses JSON and raw tensors only, so
-a downloaded checkpoint cannot run code on your machine.
+hash (a later stage still finds the run there). A LoRA fine-tune adds its adapter,
+`adapter.safetensors` and `adapter_config.json` (bardlet/training/lora.py). Loading parses
+JSON and raw tensors only, so a downloaded checkpoint cannot run code on your machine.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch.optim.swa_utils import AveragedModel
 
-from bardlet.files import new_folder, write_text_atomic
+from bardlet.files import new_folder, write_bytes_atomic, write_text_atomic
 from bardlet.model import GPT, GPTConfig
 from bardlet.training import distributed
 
@@ -34,10 +35,15 @@ RUNS = "mlflow.json"  # {"run_id": ..., ...}: per run, not part of the model (se
 
 
 def save(
-    model: GPT, out_dir: Path, info: dict[str, Any], runs: dict[str, str] | None = None
+    model: GPT,
+    out_dir: Path,
+    info: dict[str, Any],
+    runs: dict[str, str] | None = None,
+    files: Mapping[str, bytes] | None = None,
 ) -> None:
-    """Write weights, config (with `info`) and the MLflow `runs` into a folder beside
-    `out_dir`, then swap it in: a crash or a full disk leaves the previous model whole."""
+    """Write weights, config (with `info`), the MLflow `runs` and any other `files` (name ->
+    bytes: a LoRA adapter) into a folder beside `out_dir`, then swap it in: a crash or a full
+    disk leaves the previous model whole."""
     with new_folder(out_dir) as folder:
         save_model(model, str(folder / WEIGHTS))  # handles the tied embedding / head weight
         _fsync(folder / WEIGHTS)
@@ -45,6 +51,8 @@ def save(
         write_text_atomic(folder / CONFIG, config)
         if runs:
             write_text_atomic(folder / RUNS, json.dumps(runs, indent=2) + "\n")
+        for name, data in (files or {}).items():
+            write_bytes_atomic(folder / name, data)
 
 
 def _fsync(path: Path) -> None:

@@ -9,6 +9,9 @@ of the step, and a checkpoint holds weights, optimizer moments, the RNG state an
 average of the weights (ema_decay > 0), so a run killed at any point and resumed ends with
 the same weights, bit for bit, as one that never stopped. SIGINT / SIGTERM finish the
 current step, save a checkpoint and exit.
+
+The loop trains whatever requires a gradient: every weight, or only the LoRA adapters that
+bardlet/training/lora.py puts on a frozen model (the optimizer gets only those).
 """
 
 from __future__ import annotations
@@ -63,9 +66,11 @@ def learning_rate(step: int, params: TrainParams) -> float:
 def make_optimizer(
     model: torch.nn.Module, params: TrainParams, device: torch.device
 ) -> torch.optim.AdamW:
+    # Only what trains (LoRA freezes the base: its weights get no gradient and no moments).
     # Weight decay on matrices only: decaying norms' gains would just fight the normalisation.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     groups = [
         {"params": decay, "weight_decay": params.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
