@@ -309,8 +309,19 @@ def test_the_scheduled_nightly_run_builds_every_stage_as_prefect_tasks(project):
     chat_runs = json.loads((project / "models/chat/mlflow.json").read_text())
     assert f"MLflow run `{chat_runs['run_id']}`" in summary
     assert "| oasst.bpb |" in summary and "| pretrain | ran |" in summary
-    errors = [line for line in first["server_log"].splitlines() if "ERROR" in line]
-    assert not errors, "\n".join(errors)
+    errors = server_errors(first["server_log"])
+    assert not errors, "\n\n".join(errors)
+
+
+def server_errors(log: str) -> list[str]:
+    """The ERROR entries (with their tracebacks) of a Prefect server log, less one known to be
+    harmless: on a loaded machine its SQLite store now and then answers "database is locked"
+    to a state change, which Prefect's client retries (PrefectHQ/prefect#17473, #19771; the
+    runs above still completed). The scheduler's bulk DML failure of issue 13 stays an error."""
+    entries = re.split(r"\n(?=\d\d:\d\d:\d\d\.\d+ \| )", log)
+    errors = [entry for entry in entries if "| ERROR" in entry.split("\n", 1)[0]]
+    locked = "sqlite3.OperationalError) database is locked"
+    return [e for e in errors if not ("during state validation" in e and locked in e)]
 
 
 def test_repro_builds_every_stage(project):
