@@ -1,24 +1,45 @@
-"""Benchmark the data stages: prepare + shard on the mirror data, and loading a split for training.
+"""Benchmark the streaming text path on a big corpus of your own: prepare, tokenizer, shard, load.
 
-    PYTHONPATH=. python bench/data.py --json bench/results/data.json   # medians of 3, ~1-2 min
-    PYTHONPATH=. python bench/data.py --quick                          # one run each, < 1 min
+    PYTHONPATH=. python bench/data.py --json bench/results/data.json   # 20, 200 MB: ~17 min
+    PYTHONPATH=. python bench/data.py --quick                          # 1, 10 MB: < 1 min
 
-Data: Tiny Shakespeare and the OASST1 English validation slice from $BARDLET_DATA_MIRROR or
-../shared/data. It calls the same library functions as `stages/prepare.py` and
-`stages/shard.py`, with the prepare and shard sections of params.yaml, in a temporary directory:
+The corpus: the bench makes it from the data at hand ($BARDLET_DATA_MIRROR or ../shared/data):
+the paragraphs of Tiny Shakespeare (text between blank lines) and the text of every OASST1
+English validation message, about 2.2 MB in 9,244 pieces. It writes them one pass after another,
+each pass in its own order (random.Random(pass number).shuffle: deterministic, and no two passes
+alike), joined by blank lines, until the file holds the size asked for (20 MB, 200 MB). So the
+words repeat (a cache of encoded chunks stays warm, as on any one-topic corpus), but the text does
+not repeat verbatim pass after pass. The file is `data/own/corpus.txt` of a temporary project
+folder whose params.yaml is the repo's with `prepare.corpus: [{path: data/own/corpus.txt, name:
+own}]` (`prepare.chats` stays OASST1: its raw file is linked in).
 
-- prepare: split Tiny Shakespeare 90/10 and write it; read the OASST1 messages, rebuild the
-  trees into conversations, split them by tree and write the JSONL files.
-- shard <dataset>: encode (chat template for sft) and write the zstd Parquet shards and the
-  manifest of both splits. tokens/s = tokens written / wall time. The tokenizer is loaded
-  afresh before every run (outside the timer), so its chunk cache starts cold as in the stage.
-- write only: `write_split` alone on rows already encoded: what Parquet + sha256 cost.
-- load: what training does before its first step: `read_split` (manifest, sha256 of every
-  file, Parquet read) + `concat_tokens` (pretrain) or `rows_as_arrays` of tokens and mask (sft).
-- report: `data_report` over all four splits (polars).
+Each step runs in its own subprocess with the project folder as working directory, so its peak
+RSS (VmHWM: the process's own, not ru_maxrss, which Linux carries over fork + exec) is the
+step's own. Per size, in this order:
 
-The tokenizer (vocab 4096) is models/tokenizer/bpe.json when present, else trained here like
-the tokenizer stage does, outside any timing. Times are medians of several runs.
+1. prepare: `stages/prepare.py` main(): the corpus split 90/10 into data/prepared (streamed),
+   and the OASST1 conversations (the same small work at every size).
+2. tokenizer: `stages/tokenizer.py` main() (an even sample of `tokenizer.sample_chars`
+   characters of the training text, BPE training to vocab 4096, bpe.json + tokenizer.json)
+   vs Hugging Face `tokenizers`: the same sample (the stage's own `training_texts`, timed in
+   both), `BpeTrainer` with the same vocab size and special tokens and our pre-tokenizer (the
+   GPT-4 split pattern, then ByteLevel bytes), saved as tokenizer.json.
+3. shard: `stages/shard.py` main(): pretrain shards from the corpus, sft shards from the chats,
+   and the data report (polars). Beside it, the pretrain part alone, two ways, with the same
+   paragraphs (`paragraphs`, batches of the stage's ENCODE_BATCH) and the same Parquet writer
+   (`write_split`, params.yaml `shard`): bardlet's `encode_batch` (the stage's `text_rows`)
+   vs HF `encode_batch` of the tokenizer.json the tokenizer stage exported (same ids: the
+   bench checks the two write byte-identical shards). HF encodes on every core, bardlet on one.
+4. load: what pretraining does with the data: `read_tokens` of pretrain/train, a
+   `TokenWindows` as stages/pretrain.py builds it (params.yaml `pretrain` batch size and
+   `model` block size), and one epoch of its batches: ceil(tokens / (batch x block)) steps.
+
+Columns: wall s = the whole subprocess, Python start-up and imports included (what a user
+waits for a stage); work s = the step's work alone; MB/s = corpus MB / wall s (MB = 10^6
+bytes); peak RSS in MB. Each step runs `--rounds` times (peers alternate: ours, peer, ours,
+peer); times are medians, RSS the largest. The linearity table divides the big size's time by
+the small size's (10x the data: linear is about 10x; the tokenizer's training is bounded by
+sample_chars, so only its sampling grows). The corpus files sit in the page cache (just written).
 """
 
 from __future__ import annotations
@@ -27,287 +48,480 @@ import argparse
 import json
 import os
 import platform
-import shutil
+import random
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
-import polars as pl
-import pyarrow as pa
-from common import data_dir  # bench/common.py: this script's folder is on sys.path
+import yaml
+from common import REPO, data_dir  # bench/common.py: this script's folder is on sys.path
 
-from bardlet.data.chat_template import render
-from bardlet.data.oasst import build_conversations, read_messages, tree_split
-from bardlet.data.report import data_report
-from bardlet.data.shards import (
-    Row,
-    concat_tokens,
-    read_split,
-    rows_as_arrays,
-    write_split,
-)
-from bardlet.files import write_json_atomic
 from bardlet.markdown import table
-from bardlet.tokenizer import Tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-VOCAB_SIZE = 4096
-T = TypeVar("T")
+MB = 1_000_000
+SIZES_MB = (20, 200)
+QUICK_SIZES_MB = (1, 10)
+RSS_LIMIT_MB = 1000
+OWN_CORPUS = "data/own/corpus.txt"
+OASST_RAW = "oasst1/en-validation.jsonl"
 
-
-def stage_params() -> dict[str, Any]:
-    """The prepare and shard sections of params.yaml (the defaults if it does not validate)."""
-    defaults = {
-        "shakespeare_val_fraction": 0.1,
-        "oasst_lang": "en",
-        "oasst_mode": "best",
-        "oasst_val_percent": 10.0,
-        "rows_per_file": 50_000,
-        "row_group_size": 1024,
-    }
-    try:
-        from bardlet.config import load_params
-
-        params = load_params(REPO / "params.yaml")
-        return {**params.prepare.model_dump(), **params.shard.model_dump()}
-    except Exception as err:  # the benchmark still runs with the documented defaults
-        print(f"params.yaml not used ({err}); using defaults", file=sys.stderr)
-        return defaults
+# (step, implementation, worker): rounds alternate between the implementations of a step.
+STEPS = [
+    ("prepare", "bardlet stage", "prepare"),
+    ("tokenizer", "bardlet stage", "tokenizer"),
+    ("tokenizer", "HF BpeTrainer", "tokenizer_hf"),
+    ("shard", "bardlet stage (pretrain + sft + report)", "shard"),
+    ("shard pretrain only", "bardlet encode_batch", "shard_pretrain"),
+    ("shard pretrain only", "HF encode_batch", "shard_pretrain_hf"),
+    ("load 1 epoch", "read_tokens + TokenWindows", "load"),
+]
 
 
-# --- what the stages do (same library calls as stages/prepare.py and stages/shard.py) --------
+# ---------------------------------------------------------------- the corpus
 
 
-def split_text(data: bytes, val_fraction: float) -> tuple[str, str]:
-    cut = int(len(data) * (1 - val_fraction))
-    while cut < len(data) and (data[cut] & 0xC0) == 0x80:
-        cut += 1
-    return data[:cut].decode("utf-8"), data[cut:].decode("utf-8")
+def source_pieces(raw: Path) -> list[bytes]:
+    """Tiny Shakespeare's paragraphs and the OASST1 messages' text, each ending in a blank line."""
+    shakespeare = (raw / "tinyshakespeare/input.txt").read_text(encoding="utf-8")
+    texts = re.split(r"\n\s*\n", shakespeare)
+    with open(raw / OASST_RAW, encoding="utf-8") as f:
+        texts += [json.loads(line)["text"] for line in f if line.strip()]
+    return [(text.strip() + "\n\n").encode("utf-8") for text in texts if text.strip()]
 
 
-def prepare(raw: Path, out: Path, p: dict[str, Any]) -> dict[str, int]:
-    train, val = split_text(
-        (raw / "tinyshakespeare/input.txt").read_bytes(), p["shakespeare_val_fraction"]
-    )
-    (out / "shakespeare").mkdir(parents=True, exist_ok=True)
-    (out / "shakespeare/train.txt").write_text(train, encoding="utf-8")
-    (out / "shakespeare/val.txt").write_text(val, encoding="utf-8")
-    messages, stats = read_messages(raw / "oasst1/en-validation.jsonl", lang=p["oasst_lang"])
-    conversations = build_conversations(messages, mode=p["oasst_mode"], stats=stats)
-    splits: dict[str, list[dict]] = {"train": [], "val": []}
-    for conversation in conversations:
-        splits[tree_split(conversation["id"], p["oasst_val_percent"])].append(conversation)
-    (out / "oasst").mkdir(parents=True, exist_ok=True)
-    for name, rows in splits.items():
-        lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
-        (out / "oasst" / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
-    write_json_atomic(out / "prepare.json", stats.as_dict())
-    return {"conversations": len(conversations), "messages": stats.messages}
+def make_corpus(path: Path, size: int, pieces: list[bytes]) -> dict[str, Any]:
+    """Write pass after pass of `pieces`, each pass shuffled with its own seed, up to `size`
+    bytes (the piece that reaches it is the last)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = passes = 0
+    with open(path, "wb") as f:
+        while written < size:
+            order = list(pieces)
+            random.Random(passes).shuffle(order)
+            passes += 1
+            for piece in order:
+                f.write(piece)
+                written += len(piece)
+                if written >= size:
+                    break
+    return {"bytes": written, "passes": passes, "pieces_per_pass": len(pieces)}
 
 
-def text_rows(tokenizer: Tokenizer, prepared: Path, split: str) -> Iterator[Row]:
-    import re
+def make_project(folder: Path, size_mb: int, pieces: list[bytes], raw: Path) -> dict[str, Any]:
+    """A project folder the stages run in: params.yaml, the corpus, the OASST1 raw file."""
+    from bardlet.config import load_params
 
-    text = (prepared / "shakespeare" / f"{split}.txt").read_text(encoding="utf-8")
-    documents = [d for d in re.split(r"(?<=\n\n)", text) if d]
-    for i, ids in enumerate(tokenizer.encode_batch(documents)):
-        yield Row(source_id=f"shakespeare/{split}/{i}", tokens=ids)
+    start = time.perf_counter()
+    corpus = make_corpus(folder / OWN_CORPUS, size_mb * MB, pieces)
+    corpus["make_s"] = time.perf_counter() - start
+    (folder / "data/raw" / OASST_RAW).parent.mkdir(parents=True)
+    (folder / "data/raw" / OASST_RAW).symlink_to(raw / OASST_RAW)
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["prepare"]["corpus"] = [{"path": OWN_CORPUS, "name": "own"}]
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    load_params(folder / "params.yaml")  # fails here, not in a worker, if it does not validate
+    return corpus
 
 
-def chat_rows(tokenizer: Tokenizer, prepared: Path, split: str) -> Iterator[Row]:
-    for line in (prepared / "oasst" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
-        conversation = json.loads(line)
-        ids, mask = render(tokenizer, conversation["messages"])
-        yield Row(source_id=f"oasst/{conversation['id']}", tokens=ids, loss_mask=mask)
+# ---------------------------------------------------------------- worker side (one subprocess)
 
 
-ROW_MAKERS: dict[str, Callable[[Tokenizer, Path, str], Iterator[Row]]] = {
-    "pretrain": text_rows,
-    "sft": chat_rows,
+class Clock:
+    """Times the `with` block: the step's work, after its imports."""
+
+    seconds = 0.0
+
+    def __enter__(self) -> Clock:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def prepare(clock: Clock) -> dict[str, Any]:
+    from stages.prepare import main
+
+    with clock:
+        main()
+    return {}
+
+
+def tokenizer(clock: Clock) -> dict[str, Any]:
+    from stages.tokenizer import main
+
+    with clock:
+        main()
+    return {}
+
+
+def tokenizer_hf(clock: Clock) -> dict[str, Any]:
+    from tokenizers import Regex, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from bardlet.config import load_params
+    from bardlet.tokenizer import GPT4_PATTERN
+    from stages.tokenizer import training_texts
+
+    params = load_params().tokenizer
+    with clock:
+        start = time.perf_counter()
+        texts = training_texts(params.sample_chars)
+        sample_s = time.perf_counter() - start
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(GPT4_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        trainer = trainers.BpeTrainer(
+            vocab_size=params.vocab_size,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=params.special_tokens,
+        )
+        hf.train_from_iterator(texts, trainer)
+        hf.save("hf-tokenizer.json")
+    return {"sample_s": sample_s, "sample_chars": sum(map(len, texts))}
+
+
+def shard(clock: Clock) -> dict[str, Any]:
+    from stages.paths import SHARDS
+    from stages.shard import main
+
+    with clock:
+        main()
+    manifest = json.loads((SHARDS / "pretrain/train/manifest.json").read_text(encoding="utf-8"))
+    return {"train_tokens": manifest["tokens"], "train_rows": manifest["rows"]}
+
+
+def write_pretrain(clock: Clock, out: Path, make_rows: Callable[[str], Any]) -> dict[str, Any]:
+    """Both pretrain splits through `write_split`, rows from `make_rows(split)`."""
+    from bardlet.config import load_params
+    from bardlet.data.shards import write_split
+    from bardlet.tokenizer import Tokenizer
+    from stages.paths import TOKENIZER
+
+    params = load_params().shard
+    bpe = Tokenizer.load(TOKENIZER)  # the manifest's tokenizer hash and vocab size
+    tokens = {}
+    with clock:
+        for split in ("train", "val"):
+            manifest = write_split(
+                make_rows(split),
+                out / split,
+                tokenizer_hash=bpe.hash,
+                vocab_size=bpe.vocab_size,
+                rows_per_file=params.rows_per_file,
+                row_group_size=params.row_group_size,
+            )
+            tokens[split] = manifest["tokens"]
+    return {"train_tokens": tokens["train"], "val_tokens": tokens["val"]}
+
+
+def shard_pretrain(clock: Clock) -> dict[str, Any]:
+    from bardlet.tokenizer import Tokenizer
+    from stages.paths import TOKENIZER
+    from stages.shard import text_rows
+
+    bpe = Tokenizer.load(TOKENIZER)
+    return write_pretrain(clock, Path("shards-bardlet"), lambda split: text_rows(bpe, split))
+
+
+def shard_pretrain_hf(clock: Clock) -> dict[str, Any]:
+    """The stage's `text_rows`, with HF's encode_batch in place of ours."""
+    from itertools import islice
+
+    import numpy as np
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from bardlet.data.corpus import paragraphs
+    from bardlet.data.shards import Row
+    from stages.paths import CORPUS, TOKENIZER_DIR
+    from stages.shard import ENCODE_BATCH
+
+    hf = HFTokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
+    dtype = np.uint16 if hf.get_vocab_size() <= 1 << 16 else np.int32
+
+    def hf_rows(split: str) -> Any:
+        for source in sorted(path for path in CORPUS.iterdir() if path.is_dir()):
+            pieces, first = paragraphs(source / f"{split}.txt"), 0
+            while batch := list(islice(pieces, ENCODE_BATCH)):
+                encoded = hf.encode_batch(batch, add_special_tokens=False)
+                for i, encoding in enumerate(encoded, first):
+                    source_id = f"{source.name}/{split}/{i}"
+                    yield Row(source_id=source_id, tokens=np.array(encoding.ids, dtype))
+                first += len(batch)
+
+    return write_pretrain(clock, Path("shards-hf"), hf_rows)
+
+
+def load(clock: Clock) -> dict[str, Any]:
+    """read_tokens + TokenWindows as stages/pretrain.py builds them, then one epoch of batches."""
+    from bardlet.config import load_params
+    from bardlet.data.loaders import TokenWindows
+    from bardlet.data.shards import read_tokens
+    from bardlet.tokenizer import Tokenizer
+    from stages.paths import SHARDS, TOKENIZER
+
+    params = load_params()
+    settings, block = params.pretrain, params.model.block_size
+    tokenizer_hash = Tokenizer.load(TOKENIZER).hash
+    weights = {s if isinstance(s, str) else s.label: 1.0 for s in params.prepare.corpus}
+    weights.update({s.label: s.weight for s in params.prepare.corpus if not isinstance(s, str)})
+    with clock:
+        start = time.perf_counter()
+        tokens, sources = read_tokens(SHARDS / "pretrain/train", tokenizer_hash)
+        read_s = time.perf_counter() - start
+        mix = {name: (span, weights[name]) for name, span in sources.items()}
+        windows = TokenWindows(tokens, block, settings.batch_size, settings.seed, mix)
+        steps = -(-len(tokens) // (settings.batch_size * block))
+        for step in range(steps):
+            windows.batch(step)
+    return {"read_s": read_s, "train_tokens": len(tokens), "batches": steps}
+
+
+WORKERS: dict[str, Callable[[Clock], dict[str, Any]]] = {
+    f.__name__: f
+    for f in (prepare, tokenizer, tokenizer_hf, shard, shard_pretrain, shard_pretrain_hf, load)
 }
 
 
-def shard(
-    tokenizer: Tokenizer, prepared: Path, shards: Path, dataset: str, p: dict[str, Any]
-) -> int:
-    """Both splits of one dataset, as the shard stage writes them; returns the tokens written."""
-    tokens = 0
-    for split in ("train", "val"):
-        manifest = write_split(
-            ROW_MAKERS[dataset](tokenizer, prepared, split),
-            shards / dataset / split,
-            tokenizer_hash=tokenizer.hash,
-            vocab_size=tokenizer.vocab_size,
-            rows_per_file=p["rows_per_file"],
-            row_group_size=p["row_group_size"],
-        )
-        tokens += manifest["tokens"]
-    return tokens
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM), in MB (10^6 bytes)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / MB
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB  # Linux: KiB
 
 
-def load_pretrain(split_dir: Path, tokenizer_hash: str) -> np.ndarray:
-    return concat_tokens(read_split(split_dir, tokenizer_hash))
+def worker(name: str, out: Path) -> None:
+    clock = Clock()
+    extra = WORKERS[name](clock)
+    result = {"work_s": clock.seconds, "peak_rss_mb": peak_rss_mb(), **extra}
+    out.write_text(json.dumps(result), encoding="utf-8")
 
 
-def load_sft(split_dir: Path, tokenizer_hash: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    split = read_split(split_dir, tokenizer_hash)
-    return rows_as_arrays(split, "tokens"), rows_as_arrays(split, "loss_mask")
+# ---------------------------------------------------------------- parent side
 
 
-# --- measuring --------------------------------------------------------------------------------
-
-
-def timed(fn: Callable[[], T]) -> tuple[float, T]:
+def run_worker(name: str, project: Path) -> dict[str, Any]:
+    """One step in a fresh subprocess, in the project folder; its wall time and its report."""
+    out, log = project / f"result-{name}.json", project / "bench.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--out", str(out)]
     start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\n==== {name}\n")
+        f.flush()
+        done = subprocess.run(command, cwd=project, env=env, stdout=f, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        tail = "".join(log.read_text(encoding="utf-8").splitlines(True)[-30:])
+        sys.exit(f"{name} failed (exit {done.returncode}) in {project}:\n{tail}")
+    return {"wall_s": wall, **json.loads(out.read_text(encoding="utf-8"))}
 
 
-def get_tokenizer(raw: Path, p: dict[str, Any], work: Path) -> tuple[Path, str]:
-    """Path of a vocab-4096 tokenizer file, and where it came from (never timed)."""
-    existing = REPO / "models/tokenizer/bpe.json"
-    if existing.is_file() and Tokenizer.load(existing).vocab_size == VOCAB_SIZE:
-        return existing, "models/tokenizer/bpe.json"
-    prepared = work / "tok-prepared"
-    prepare(raw, prepared, p)
-    texts = [(prepared / "shakespeare/train.txt").read_text(encoding="utf-8")]
-    for line in (prepared / "oasst/train.jsonl").read_text(encoding="utf-8").splitlines():
-        texts.extend(m["content"] for m in json.loads(line)["messages"])
-    path = work / "bpe.json"
-    Tokenizer.train(texts, vocab_size=VOCAB_SIZE).save(path)
-    return path, f"trained here (vocab {VOCAB_SIZE})"
+def same_shards(project: Path) -> dict[str, bool]:
+    """Whether the three pretrain writers wrote the same files (sha256 of every shard)."""
+
+    def hashes(folder: Path) -> list[list[str]]:
+        return [
+            [
+                f["sha256"]
+                for f in json.loads((folder / split / "manifest.json").read_text())["files"]
+            ]
+            for split in ("train", "val")
+        ]
+
+    stage = hashes(project / "data/shards/pretrain")
+    return {
+        "hf_equals_bardlet": hashes(project / "shards-hf") == hashes(project / "shards-bardlet"),
+        "bardlet_equals_stage": hashes(project / "shards-bardlet") == stage,
+    }
 
 
-def run_once(raw: Path, tok_path: Path, work: Path, p: dict[str, Any]) -> dict[str, Any]:
-    shutil.rmtree(work, ignore_errors=True)
-    prepared, shards = work / "prepared", work / "shards"
-    out: dict[str, Any] = {}
-    out["prepare_s"], counts = timed(lambda: prepare(raw, prepared, p))
-    out.update(counts)
-
-    tokenizer = Tokenizer.load(tok_path)  # fresh: cold chunk cache, as in the stage
-    for dataset in ("pretrain", "sft"):
-        seconds, tokens = timed(partial(shard, tokenizer, prepared, shards, dataset, p))
-        out[f"shard_{dataset}_s"], out[f"shard_{dataset}_tokens"] = seconds, tokens
-
-    # write_split alone, on rows already encoded (the encoding above is most of the shard time)
-    rows = list(text_rows(tokenizer, prepared, "train"))
-    seconds, manifest = timed(
-        lambda: write_split(
-            rows, work / "write-only", tokenizer.hash, tokenizer.vocab_size, p["rows_per_file"]
-        )
+def bench_size(
+    size_mb: int, rounds: int, pieces: list[bytes], raw: Path, root: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    project = root / f"{size_mb}mb"
+    corpus = make_project(project, size_mb, pieces, raw)
+    corpus_mb = corpus["bytes"] / MB
+    print(
+        f"{size_mb} MB corpus: {corpus['passes']} passes, {corpus['make_s']:.1f} s", file=sys.stderr
     )
-    out["write_only_s"], out["write_only_tokens"] = seconds, manifest["tokens"]
-
-    out["load_pretrain_train_s"], tokens_array = timed(
-        lambda: load_pretrain(shards / "pretrain/train", tokenizer.hash)
-    )
-    out["load_pretrain_train_tokens"] = int(tokens_array.size)
-    out["load_sft_train_s"], (convs, _) = timed(
-        lambda: load_sft(shards / "sft/train", tokenizer.hash)
-    )
-    out["load_sft_train_rows"] = len(convs)
-    out["report_s"], _ = timed(lambda: data_report(shards, tokenizer))
-    return out
-
-
-def median(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
-
-
-def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    first = runs[0]
-    shard_tokens = first["shard_pretrain_tokens"] + first["shard_sft_tokens"]
-    shard_s = median(runs, "shard_pretrain_s") + median(runs, "shard_sft_s")
-    prepare_shard_s = median(runs, "prepare_s") + shard_s
-    steps = [
-        ("prepare (Shakespeare split + OASST1 trees)", "prepare_s", None),
-        ("shard pretrain (encode + write, 2 splits)", "shard_pretrain_s", "shard_pretrain_tokens"),
-        ("shard sft (chat template + write, 2 splits)", "shard_sft_s", "shard_sft_tokens"),
-        ("write_split only (pretrain/train, pre-encoded)", "write_only_s", "write_only_tokens"),
-        ("load pretrain/train (read_split + concat_tokens)", "load_pretrain_train_s", None),
-        ("load sft/train (read_split + rows_as_arrays x2)", "load_sft_train_s", None),
-        ("data report (polars, 4 splits)", "report_s", None),
-    ]
-    rows: list[dict[str, Any]] = []
-    for label, time_key, token_key in steps:
-        seconds = median(runs, time_key)
-        tokens = first[token_key] if token_key else None
-        rows.append({"step": label, "seconds": seconds, "tokens": tokens})
-    rows.insert(3, {"step": "shard total", "seconds": shard_s, "tokens": shard_tokens})
-    rows.insert(4, {"step": "prepare + shard", "seconds": prepare_shard_s, "tokens": None})
-    # The first run pays one-off costs (imports, first use of numpy/pyarrow paths) that a
-    # stage, a fresh process, pays too: shown apart so the medians stay comparable.
-    first_s = first["prepare_s"] + first["shard_pretrain_s"] + first["shard_sft_s"]
-    rows.insert(5, {"step": "prepare + shard, first run", "seconds": first_s, "tokens": None})
-    for row in rows:
-        row["tokens_per_s"] = row["tokens"] / row["seconds"] if row["tokens"] else None
-    return rows
+    rows = []
+    for step in dict.fromkeys(s for s, _, _ in STEPS):
+        implementations = [(impl, name) for s, impl, name in STEPS if s == step]
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for _, name in implementations}
+        for round_number in range(rounds):
+            for impl, name in implementations:
+                result = run_worker(name, project)
+                runs[name].append(result)
+                print(
+                    f"{size_mb} MB, round {round_number + 1}/{rounds}: {step}, {impl}: "
+                    f"{result['wall_s']:.2f} s, peak RSS {result['peak_rss_mb']:.0f} MB",
+                    file=sys.stderr,
+                )
+        for impl, name in implementations:
+            wall_s = statistics.median(r["wall_s"] for r in runs[name])
+            rows.append(
+                {
+                    "size_mb": size_mb,
+                    "corpus_mb": corpus_mb,
+                    "step": step,
+                    "implementation": impl,
+                    "worker": name,
+                    "wall_s": wall_s,
+                    "work_s": statistics.median(r["work_s"] for r in runs[name]),
+                    "mb_per_s": corpus_mb / wall_s,
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[name]),
+                    "rounds": runs[name],
+                }
+            )
+    corpus["same_shards"] = same_shards(project)
+    return corpus, rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def note(row: dict[str, Any]) -> str:
+    last = row["rounds"][-1]
+    if row["worker"] == "tokenizer_hf":
+        return f"sample {last['sample_chars'] / MB:.1f} M chars in {last['sample_s']:.1f} s"
+    if row["worker"] == "load":
+        return f"{last['train_tokens'] / 1e6:.1f} M tokens, {last['batches']:,} batches"
+    if "train_tokens" in last:
+        return f"{last['train_tokens'] / 1e6:.1f} M train tokens"
+    return ""
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
     cells = [
         (
+            f"{r['corpus_mb']:.0f}",
             r["step"],
-            f"{r['seconds']:.3f}",
-            f"{r['tokens']:,}" if r["tokens"] else "",
-            f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "",
+            r["implementation"],
+            f"{r['wall_s']:.2f}",
+            f"{r['work_s']:.2f}",
+            f"{r['mb_per_s']:.2f}",
+            f"{r['peak_rss_mb']:.0f}",
+            note(r),
         )
         for r in rows
     ]
-    return table("step | median s | tokens | tokens/s", cells, align="lr")
+    header = "corpus MB | step | implementation | wall s | work s | MB/s | peak RSS MB | notes"
+    return table(header, cells, align="rllrrrrl")
+
+
+def linearity(rows: list[dict[str, Any]], small: int, big: int) -> list[dict[str, Any]]:
+    by_key = {(r["size_mb"], r["worker"]): r for r in rows}
+    found = []
+    for step, impl, name in STEPS:
+        a, b = by_key[(small, name)], by_key[(big, name)]
+        found.append(
+            {
+                "step": step,
+                "implementation": impl,
+                "wall_ratio": b["wall_s"] / a["wall_s"],
+                "work_ratio": b["work_s"] / a["work_s"],
+                "peak_rss_mb_big": b["peak_rss_mb"],
+                "under_limit": b["peak_rss_mb"] < RSS_LIMIT_MB,
+            }
+        )
+    return found
+
+
+def linearity_table(found: list[dict[str, Any]], small: int, big: int) -> str:
+    cells = [
+        (
+            f["step"],
+            f["implementation"],
+            f"{f['wall_ratio']:.1f}x",
+            f"{f['work_ratio']:.1f}x",
+            f"{f['peak_rss_mb_big']:.0f}",
+            "yes" if f["under_limit"] else "**no**",
+        )
+        for f in found
+    ]
+    header = (
+        f"step | implementation | wall s {big} / {small} MB | work s {big} / {small} MB"
+        f" | peak RSS MB at {big} MB | under {RSS_LIMIT_MB} MB"
+    )
+    return table(header, cells, align="llr")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one run of each (under a minute)")
-    parser.add_argument("--runs", type=int, default=None, help="runs per measure (default 3)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 MB and 10 MB, one round (under a minute)"
+    )
+    parser.add_argument("--rounds", type=int, help="runs of each step (default 2; quick 1)")
+    parser.add_argument("--sizes", help="corpus sizes in MB, small,big (default 20,200)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    n_runs = args.runs or (1 if args.quick else 3)
+    if args.worker:
+        worker(args.worker, args.out)
+        return
 
+    sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else None
+    small, big = sizes or (QUICK_SIZES_MB if args.quick else SIZES_MB)
+    rounds = args.rounds or (1 if args.quick else 2)
     raw = data_dir()
-    p = stage_params()
+    pieces = source_pieces(raw)
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    corpora: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bardlet-bench-data-") as tmp:
-        tok_path, tok_origin = get_tokenizer(raw, p, Path(tmp))
-        runs = []
-        for i in range(n_runs):
-            runs.append(run_once(raw, tok_path, Path(tmp) / "work", p))
-            print(
-                f"run {i + 1}/{n_runs}: prepare+shard {runs[-1]['prepare_s'] + runs[-1]['shard_pretrain_s'] + runs[-1]['shard_sft_s']:.2f} s",
-                file=sys.stderr,
-            )
+        for size_mb in (small, big):
+            corpora[f"{size_mb}mb"], found = bench_size(size_mb, rounds, pieces, raw, Path(tmp))
+            rows += found
+    total_s = time.perf_counter() - start
+    ratios = linearity(rows, small, big)
+    text = results_table(rows) + "\n\n" + linearity_table(ratios, small, big)
 
-    rows = summarize(runs)
+    import tokenizers
+
     env = {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "pyarrow": pa.__version__,
-        "polars": pl.__version__,
-        "numpy": np.__version__,
-        "tokenizer": tok_origin,
-        "runs": n_runs,
-        "load_average": os.getloadavg(),
-        "params": p,
+        "tokenizers": tokenizers.__version__,
+        "rounds": rounds,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "total_s": total_s,
     }
-    text = markdown(rows)
     print(text)
     print(
-        f"\n{n_runs} run(s), medians; {env['cpus']} CPUs, Python {env['python']}, "
-        f"pyarrow {env['pyarrow']}, polars {env['polars']}; tokenizer: {tok_origin}; "
-        f"load average {os.getloadavg()[0]:.1f}; "
-        f"{runs[0]['conversations']} conversations from {runs[0]['messages']} messages"
+        f"\n{rounds} round(s): medians of wall s and work s, largest peak RSS; "
+        f"{env['cpus']} CPUs, Python {env['python']}, tokenizers {env['tokenizers']}; load "
+        f"average {load_before[0]:.1f} before, {env['load_average_after'][0]:.1f} after; "
+        f"whole bench {total_s / 60:.1f} min"
     )
+    for name, corpus in corpora.items():
+        print(f"{name}: {corpus}")
     if args.json:
+        command = "PYTHONPATH=. python bench/data.py " + " ".join(sys.argv[1:])
+        result = {
+            "command": command,
+            "environment": env,
+            "corpora": corpora,
+            "results": rows,
+            "linearity": ratios,
+            "table": text,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {"environment": env, "results": rows, "runs": runs, "table": text}
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)
 
