@@ -10,10 +10,15 @@ your `make pipeline` produces). The cost on an AVX-512 machine is in BENCHMARKS.
     BARDLET_NATIVE_KERNELS=1 dvc repro    # let each library pick its fastest kernels instead
 
 A variable you set yourself always wins. On other processors (ARM) nothing is pinned.
+
+A mistake in params.yaml stops any stage with the message alone (what and how to fix it),
+not a traceback.
 """
 
 import os
 import platform
+import sys
+from types import TracebackType
 
 PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
@@ -23,3 +28,19 @@ if os.environ.get("BARDLET_NATIVE_KERNELS") != "1" and platform.machine().lower(
 ):
     for _name, _value in PINNED_KERNELS.items():
         os.environ.setdefault(_name, _value)
+
+
+def _params_errors_in_one_line(
+    kind: type[BaseException], error: BaseException, trace: TracebackType | None
+) -> None:
+    """A mistake in params.yaml is the user's to fix, not a bug: print what is wrong and how
+    to fix it (the message says both), without a traceback. Anything else: as usual."""
+    from bardlet.config import ParamsError  # only once something went wrong
+
+    if isinstance(error, ParamsError):
+        print(f"error: {error}", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, error, trace)
+
+
+sys.excepthook = _params_errors_in_one_line

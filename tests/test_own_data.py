@@ -82,7 +82,8 @@ def test_bad_conversations_are_left_out_and_counted_by_reason(tmp_path):
         [turn("user"), turn("assistant", "   ")],
         [turn("user", "y" * 100_001), turn("assistant")],
         [turn("user"), turn("assistant"), turn("user")],  # trailing question: trimmed, kept
-        [turn("user")],  # nothing left after trimming
+        [turn("user")],  # a question with no answer
+        [turn("user"), turn("user")],  # not trimmed into a lone question: dropped
         [turn("user"), turn("system"), turn("assistant")],
         [turn("user", "a\ud800b"), turn("assistant")],
     ]
@@ -95,10 +96,10 @@ def test_bad_conversations_are_left_out_and_counted_by_reason(tmp_path):
     assert kept[1][1] == [turn("user"), turn("assistant")]
     assert dropped == {
         "does_not_start_with_user": 1,
-        "roles_do_not_alternate": 1,
+        "roles_do_not_alternate": 2,
         "empty_turn": 1,
         "too_long": 1,
-        "no_turns": 1,
+        "no_answer": 1,
         "system_message_not_first": 1,
         "not_utf8": 1,
     }
@@ -112,7 +113,7 @@ def test_bad_conversations_are_left_out_and_counted_by_reason(tmp_path):
         ('{"messages": [{"role": "bot", "content": "hi"}]}\n', "openai",
          r'line 1: a turn .*"bot".* is not openai: expected \{"messages"'),
         ('{"conversations": [{"from": "human", "value": "hi"}]}\n', "openai",
-         r"line 1: expected a openai record like"),
+         r"line 1: expected a record of format openai, like"),
         ('{"text": "hello"}\n', "auto", r"line 1: not a chat format bardlet knows.*`format`"),
         ("Hello there\n<|user|> hi\n", "text", r"line 1: text before the first <\|user\|>"),
         ('{"message_id": 1}\n', "oasst", r"no line is an OASST message"),
@@ -381,4 +382,10 @@ def test_a_bad_file_stops_prepare_with_its_name_and_keeps_the_previous_data(proj
         json.dumps({"messages": [{"role": "user", "content": "unanswered"}]}) + "\n", "utf-8"
     )
     done = run_prepare(project, chats=[{"path": "data/own/empty.jsonl"}])
-    assert "empty.jsonl has no conversation to train on (left out: {'no_turns': 1})" in done.stderr
+    assert "empty.jsonl has no conversation to train on (left out: {'no_answer': 1})" in done.stderr
+    # A path outside data/own is a params.yaml mistake: one line, no traceback, data kept.
+    done = run_prepare(project, chats=[{"path": "/etc/passwd"}])
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: params.yaml is invalid:")
+    assert "must be inside data/own/" in done.stderr
+    assert (project / "data/prepared/chats/train.jsonl").read_bytes() == before

@@ -13,8 +13,8 @@ formats; `auto` tells them apart by each file's first record:
   until the next marker; a blank line after a `<|bot|>` turn ends the conversation.
 
 Every conversation is checked the same way (`problem`): an optional system message first, then
-user and assistant alternating, starting with the user and ending with the assistant (a
-trailing user turn, with no answer to learn from, is trimmed first); no empty turn; at most
+user and assistant alternating, starting with the user, with at least one answer (a trailing
+user turn, with no answer to learn from, is then trimmed); no empty turn; at most
 MAX_CHARS characters in all. A conversation that fails is left out and counted by reason.
 A file that is not the format it claims (or, under `auto`, any format) stops the stage with an
 error naming the file, the line and what was expected: better than training on the wrong data.
@@ -76,16 +76,16 @@ def read_chats(
 def checked(
     conversations: Iterable[tuple[str, list[Message]]], dropped: Counter[str]
 ) -> Iterator[tuple[str, list[Message]]]:
-    """The conversations that pass `problem`, a trailing user turn trimmed first; the others
-    are counted in `dropped` by reason."""
+    """The conversations that pass `problem`, less a trailing user turn (a question with no
+    answer: nothing to learn from); the others are counted in `dropped` by reason."""
     for conversation_id, messages in conversations:
-        while messages and messages[-1]["role"] == "user":
-            messages = messages[:-1]  # no answer to learn from
         reason = problem(messages)
-        if reason is None:
-            yield conversation_id, messages
-        else:
+        if reason is not None:
             dropped[reason] += 1
+        elif messages[-1]["role"] == "user":
+            yield conversation_id, messages[:-1]
+        else:
+            yield conversation_id, messages
 
 
 def problem(messages: list[Message]) -> str | None:
@@ -99,6 +99,8 @@ def problem(messages: list[Message]) -> str | None:
         return "system_message_not_first"
     if any(a["role"] == b["role"] for a, b in zip(turns, turns[1:], strict=False)):
         return "roles_do_not_alternate"
+    if len(turns) < 2:
+        return "no_answer"  # a lone question: no assistant tokens to learn from
     if any(not m["content"].strip() for m in messages):
         return "empty_turn"
     if sum(len(m["content"]) for m in messages) > MAX_CHARS:
@@ -148,7 +150,7 @@ def _turns(where: str, record: Any, fmt: str) -> list[Message]:
     example = f'{{"{key}": [{{"{role_key}": "{"|".join(roles)}", "{text_key}": "..."}}]}}'
     turns = record.get(key) if isinstance(record, dict) else None
     if not isinstance(turns, list):
-        raise DataFileError(f"{where}: expected a {fmt} record like {example}")
+        raise DataFileError(f"{where}: expected a record of format {fmt}, like {example}")
     messages = []
     for turn in turns:
         role = turn.get(role_key) if isinstance(turn, dict) else None
