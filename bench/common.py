@@ -42,3 +42,21 @@ def run_worker(
         return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
+
+
+def run_info() -> dict[str, Any]:
+    """What a results file records about its run: the command, with a folder outside the repo
+    written as PROJECT (a result names no one machine's paths), and the machine."""
+    import platform
+
+    def shown(arg: str) -> str:
+        path = Path(arg)
+        if not path.is_absolute():
+            return arg
+        return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else "PROJECT"
+
+    return {
+        "command": " ".join(["python", *map(shown, sys.argv)]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+    }

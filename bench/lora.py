@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import run_worker  # bench/common.py: this script's folder is on sys.path
+from common import run_info, run_worker  # bench/common.py: this script's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -289,9 +288,7 @@ def main() -> None:
         import torch
 
         meta = {
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "python": platform.python_version(),
+            **run_info(),
             "torch": torch.__version__,
             "threads": args.threads,
             "rounds": rounds,

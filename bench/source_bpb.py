@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common import run_info  # bench/common.py: this script's folder is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -55,7 +57,6 @@ def score(root: Path, max_batches: int | None) -> dict[str, Any]:
     metrics = json.loads((root / "reports/metrics.json").read_text(encoding="utf-8"))
     corpus = load_params(root / "params.yaml").prepare.corpus
     return {
-        "project": str(root),
         "corpus": [s if isinstance(s, str) else s.label for s in corpus],
         "scores": scores,
         "rouge_l": metrics["oasst"].get("rouge_l"),
@@ -109,8 +110,7 @@ def main() -> None:
     if args.json:
         from bardlet.files import write_json_atomic
 
-        command = " ".join(["bench/source_bpb.py", *sys.argv[1:]])
-        write_json_atomic(args.json, {"command": command, "results": results, "table": text})
+        write_json_atomic(args.json, {**run_info(), "results": results, "table": text})
 
 
 if __name__ == "__main__":

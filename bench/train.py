@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -445,9 +444,7 @@ def main() -> None:
     print(f"\n({elapsed:.0f} s; load average {os.getloadavg()})", file=sys.stderr)
     if args.json:
         meta = {
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "python": platform.python_version(),
+            **common.run_info(),
             "torch": torch.__version__,
             "rounds": rounds,
             "warmup": warmup,

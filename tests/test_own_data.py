@@ -303,7 +303,8 @@ def test_own_sources_must_live_in_data_own_and_have_distinct_names():
     mine = {"path": "data/own/chats.jsonl"}
     params = validate_params(params_with(chats=["oasst1", mine]))
     assert params.prepare.chats[1].label == "chats.jsonl"  # type: ignore[union-attr]
-    for path in ("/home/me/chats.jsonl", "data/own/../../secrets", "chats.jsonl"):
+    outside = str(Path.cwd().parent / "chats.jsonl")  # an absolute path, not under data/own
+    for path in (outside, "data/own/../../secrets", "chats.jsonl"):
         with pytest.raises(ParamsError, match=r"must be inside data/own/"):
             validate_params(params_with(chats=[{"path": path}]))
     twice = [{"path": "data/own/a/x.txt"}, {"path": "data/own/b/x.txt", "name": "a_x.txt"}]
