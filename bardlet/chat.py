@@ -1,9 +1,6 @@
-"""The terminal chat: `bardlet chat`, a multi-turn conversation with an exported model.
-
-It runs on the ONNX runtime (no torch here): the prompt is fitted to the context by
-`runtime.conversation`, the reply streams through `runtime.generation`, and style presets
-are the ones saved beside the model.
-"""
+"""The terminal chat: `bardlet chat`, a multi-turn conversation with an exported model, on
+the ONNX runtime (no torch here): `runtime.conversation` fits the prompt to the context and
+ends the reply; the style presets are the ones saved beside the model."""
 
 from __future__ import annotations
 
@@ -16,14 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bardlet.data.chat_template import Message
 from bardlet.files import write_text_atomic
-from bardlet.runtime.conversation import fit_conversation, load_styles
-from bardlet.runtime.generation import Generation
-from bardlet.runtime.sampling import Sampling, Style
+from bardlet.runtime.conversation import fit_conversation, load_styles, reply
+from bardlet.runtime.sampling import Sampling
 from bardlet.runtime.session import OnnxLM
 
 TRANSCRIPT_FORMAT = "bardlet-chat"
 TRANSCRIPT_VERSION = 1
 MAX_TRANSCRIPT_MESSAGES = 1000  # a saved chat longer than this is refused, not slowly loaded
+MAX_NEW_TOKENS = 128  # a reply's length when neither `bardlet chat -n` nor a transcript says
 
 HELP = """commands:
   /help            this list
@@ -39,6 +36,15 @@ HELP = """commands:
   /save FILE       write the conversation to a JSON file
   /load FILE       read a conversation saved with /save
   /exit            leave (or Ctrl-D); Ctrl-C stops a reply"""
+
+# The commands that set a number: (setting, type, low, high). The low and high only word the
+# error message: Sampling itself checks every value it is given.
+NUMBERS: dict[str, tuple[str, Callable[[str], Any], float, float]] = {
+    "/temp": ("temperature", float, 0.0, 2.0),
+    "/topk": ("top_k", int, 0, 1_000_000),
+    "/topp": ("top_p", float, 0.0, 1.0),
+    "/seed": ("seed", int, 0, 2**63 - 1),
+}
 
 
 class TranscriptMessage(BaseModel):
@@ -56,47 +62,31 @@ class Transcript(BaseModel):
     style: str | None = None
     system: str | None = None
     settings: Sampling = Field(default_factory=lambda: Sampling())
-    max_new_tokens: Annotated[int, Field(ge=1)] = 128
+    max_new_tokens: Annotated[int, Field(ge=1)] = MAX_NEW_TOKENS
     messages: list[TranscriptMessage] = Field(max_length=MAX_TRANSCRIPT_MESSAGES)
 
 
 class Chat:
-    """A multi-turn conversation with an exported model.
-
-    The prompt is the whole conversation rendered with the chat template. When it no longer
-    fits the model's context next to room for a reply, the oldest turns are dropped (the
-    system prompt stays); a single message that cannot fit is refused with a clear error.
-    """
+    """A multi-turn conversation with an exported model: the prompt is the whole conversation
+    in the chat template. When it no longer fits the context beside room for a reply, the
+    oldest turns go (the system prompt stays); a single message that cannot fit is refused."""
 
     def __init__(
         self,
         lm: OnnxLM,
         settings: Sampling | None = None,
         system: str | None = None,
-        max_new_tokens: int = 128,
-        styles: dict[str, Style] | None = None,
+        max_new_tokens: int = MAX_NEW_TOKENS,
     ) -> None:
         """Starts in the `default` style unless `settings` (and `system`) are given."""
         self.lm = lm
-        self.styles = styles if styles is not None else load_styles(lm.path)
+        self.styles = load_styles(lm.path)
         default = self.styles["default"]
         self.settings = settings if settings is not None else default.sampling()
         self.system = system if settings is not None else default.system
         self.max_new_tokens = max_new_tokens
         self.messages: list[Message] = []
         self.style: str | None = None if settings is not None else "default"
-
-    def clear(self) -> None:
-        self.messages = []
-
-    def apply_style(self, name: str) -> None:
-        """Use one of the style presets: its system prompt and sampling settings."""
-        if name not in self.styles:
-            raise ValueError(f"unknown style {name!r}; choose one of {', '.join(self.styles)}")
-        style = self.styles[name]
-        self.system = style.system
-        self.settings = style.sampling().model_copy(update={"seed": self.settings.seed})
-        self.style = name
 
     def _prompt(self) -> list[int]:
         """The prompt ids; drops the oldest exchanges (never the newest message) to fit."""
@@ -115,17 +105,13 @@ class Chat:
         except ValueError:
             self.messages.pop()
             raise
-        stop_ids = sorted(self.lm.tokenizer.special_tokens.values())  # any marker ends a turn
-        generation = Generation(self.lm, prompt, self.max_new_tokens, self.settings, stop_ids)
         shown: list[str] = []
         try:
-            for piece in generation.pieces():
+            for piece in reply(self.lm, prompt, self.max_new_tokens, self.settings).pieces():
                 shown.append(piece)
                 yield piece
         finally:
             self.messages.append({"role": "assistant", "content": "".join(shown)})
-
-    # ------------------------------------------------------------------ transcripts
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -168,76 +154,64 @@ class Chat:
 
 def _describe(chat: Chat) -> str:
     s = chat.settings
-    seed = "off" if s.seed is None else str(s.seed)
     return (
         f"style={chat.style or '-'} temperature={s.temperature:g} top_k={s.top_k} "
-        f"top_p={s.top_p:g} seed={seed} max_new_tokens={chat.max_new_tokens}\n"
-        f"system={chat.system!r}"
+        f"top_p={s.top_p:g} seed={'off' if s.seed is None else s.seed} "
+        f"max_new_tokens={chat.max_new_tokens}\nsystem={chat.system!r}"
     )
-
-
-def _number(kind: Callable[[str], Any], text: str, name: str, low: float, high: float) -> Any:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise ValueError(f"{name} needs a number, e.g. {name} {low:g}") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}")
-    return value
 
 
 def command(chat: Chat, line: str) -> str | None:
     """Run one slash command; returns the text to show, or None to leave the chat."""
     name, _, arg = line.partition(" ")
     arg = arg.strip()
-    s = chat.settings
     if name in ("/exit", "/quit"):
         return None
-    if name == "/help":
-        return HELP
-    if name == "/clear":
-        chat.clear()
-        return "(conversation cleared)"
-    if name == "/settings":
-        return _describe(chat)
-    if name == "/temp":
-        s.temperature = _number(float, arg, "/temp", 0.0, 2.0)
-        return f"(temperature {s.temperature:g})"
-    if name == "/topk":
-        s.top_k = _number(int, arg, "/topk", 0, 1_000_000)
-        return f"(top_k {s.top_k})"
-    if name == "/topp":
-        s.top_p = _number(float, arg, "/topp", 0.0, 1.0)
-        if s.top_p == 0:
+    if name == "/seed" and arg.lower() in ("", "off", "none"):
+        chat.settings.seed = None
+        return "(seed off)"
+    if name in NUMBERS:
+        setting, kind, low, high = NUMBERS[name]
+        try:
+            value = kind(arg)
+        except ValueError:
+            raise ValueError(f"{name} needs a number, e.g. {name} {low:g}") from None
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be between {low:g} and {high:g}")
+        if name == "/topp" and value == 0:
             raise ValueError("/topp must be above 0")
-        return f"(top_p {s.top_p:g})"
+        setattr(chat.settings, setting, value)
+        return f"({setting} {value:g})" if kind is float else f"({setting} {value})"
     if name == "/greedy":
-        s.temperature = 0.0
+        chat.settings.temperature = 0.0
         return "(greedy: temperature 0)"
-    if name == "/seed":
-        if arg.lower() in ("", "off", "none"):
-            s.seed = None
-            return "(seed off)"
-        s.seed = _number(int, arg, "/seed", 0, 2**63 - 1)
-        return f"(seed {s.seed})"
     if name == "/system":
         chat.system = arg or None
         return f"(system prompt: {chat.system!r})"
+    if name == "/style" and not arg:
+        return "styles: " + ", ".join(chat.styles) + f" (current: {chat.style or '-'})"
     if name == "/style":
-        if not arg:
-            return "styles: " + ", ".join(chat.styles) + f" (current: {chat.style or '-'})"
-        chat.apply_style(arg)
+        if arg not in chat.styles:
+            raise ValueError(f"unknown style {arg!r}; choose one of {', '.join(chat.styles)}")
+        chat.system = chat.styles[arg].system
+        chat.settings = chat.styles[arg].sampling().model_copy(update={"seed": chat.settings.seed})
+        chat.style = arg
         return f"(style {arg})\n{_describe(chat)}"
+    if name in ("/save", "/load") and not arg:
+        raise ValueError(f"usage: {name} FILE")
     if name == "/save":
-        if not arg:
-            raise ValueError("usage: /save FILE")
         chat.save(Path(arg).expanduser())
         return f"(saved {len(chat.messages)} messages to {arg})"
     if name == "/load":
-        if not arg:
-            raise ValueError("usage: /load FILE")
         chat.load(Path(arg).expanduser())
         return f"(loaded {len(chat.messages)} messages from {arg})"
+    if name == "/clear":
+        chat.messages = []
+        return "(conversation cleared)"
+    if name == "/settings":
+        return _describe(chat)
+    if name == "/help":
+        return HELP
     raise ValueError(f"unknown command {name}: /help lists them")
 
 
@@ -245,13 +219,7 @@ def repl(
     chat: Chat, read: Callable[[str], str] = input, write: Callable[[str], None] | None = None
 ) -> None:
     """The read-eval-print loop behind `bardlet chat`."""
-
-    def emit(text: str) -> None:
-        if write is not None:
-            write(text)
-        else:
-            print(text, end="", flush=True)
-
+    emit = write or (lambda text: print(text, end="", flush=True))
     layers = chat.lm.info.get("model", {}).get("n_layer", "?")
     emit(f"bardlet chat ({layers} layers). /help for commands, /exit to leave.\n")
     while True:
@@ -263,27 +231,24 @@ def repl(
         except KeyboardInterrupt:
             emit("\n(Ctrl-D or /exit to leave)\n")
             continue
-        if not line:
-            continue
         if line.startswith("/"):
             try:
                 shown = command(chat, line)
             except (ValueError, OSError) as error:
-                emit(f"[{error}]\n")
-                continue
+                shown = f"[{error}]"
             if shown is None:
                 return
             emit(shown + "\n")
-            continue
-        emit("bot> ")
-        pieces = chat.reply(line)
-        try:
-            for piece in pieces:
-                emit(piece)
-        except ValueError as error:
-            emit(f"[{error}]")
-        except KeyboardInterrupt:
-            emit(" [stopped]")
-        finally:
-            pieces.close()
-        emit("\n")
+        elif line:
+            emit("bot> ")
+            pieces = chat.reply(line)
+            try:
+                for piece in pieces:
+                    emit(piece)
+            except ValueError as error:
+                emit(f"[{error}]")
+            except KeyboardInterrupt:
+                emit(" [stopped]")
+            finally:
+                pieces.close()
+            emit("\n")

@@ -31,9 +31,7 @@ ModelOption = Annotated[
         "training checkpoint folder such as models/chat (exported on the fly; needs PyTorch).",
     ),
 ]
-DEFAULT_MODEL = Path("models/onnx/model.onnx")
-
-
+DEFAULT_MODEL = Path("models/onnx/model.onnx")  # what `dvc repro export` writes
 StyleOption = Annotated[
     str,
     typer.Option(
@@ -43,18 +41,20 @@ StyleOption = Annotated[
     ),
 ]
 FromStyle = "from --style"
+Temperature = Annotated[float | None, typer.Option("--temperature", "-t", show_default=FromStyle)]
+TopK = Annotated[int | None, typer.Option("--top-k", show_default=FromStyle)]
+TopP = Annotated[float | None, typer.Option("--top-p", show_default=FromStyle)]
+MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", "-n", min=1)]
 
 
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="Text for the model to continue.")],
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1)] = 100,
+    max_new_tokens: MaxNewTokens = 100,
     seed: Annotated[int, typer.Option("--seed", "-s", min=0, help="Same seed, same text.")] = 0,
-    temperature: Annotated[
-        float | None, typer.Option("--temperature", "-t", show_default=FromStyle)
-    ] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", show_default=FromStyle)] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", show_default=FromStyle)] = None,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
     style: StyleOption = "default",
     as_chat: Annotated[
         bool,
@@ -76,15 +76,14 @@ def generate(
 ) -> None:
     """Continue PROMPT (or, with --chat, answer it) and print only the generated text."""
     from bardlet.data.chat_template import render_prompt
-    from bardlet.runtime.generation import Generation, continue_text
+    from bardlet.runtime.conversation import reply
+    from bardlet.runtime.generation import continue_text
 
     lm = _load(model)
     chosen = _style(lm, style, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if as_chat:
-        messages = [{"role": "user", "content": prompt}]
-        ids = render_prompt(lm.tokenizer, messages, chosen.system)
-        specials = sorted(lm.tokenizer.special_tokens.values())
-        generation = Generation(lm, ids, max_new_tokens, chosen.sampling(), specials)
+        ids = render_prompt(lm.tokenizer, [{"role": "user", "content": prompt}], chosen.system)
+        generation = reply(lm, ids, max_new_tokens, chosen.sampling())
     else:
         generation = continue_text(lm, prompt, max_new_tokens, chosen.sampling(), not ignore_end)
     sys.stdout.write(generation.text() + "\n")
@@ -94,13 +93,11 @@ def generate(
 def chat(
     model: ModelOption = DEFAULT_MODEL,
     system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
-    temperature: Annotated[
-        float | None, typer.Option("--temperature", "-t", show_default=FromStyle)
-    ] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", show_default=FromStyle)] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", show_default=FromStyle)] = None,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
     seed: Annotated[int | None, typer.Option("--seed", "-s", min=0)] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1)] = 128,
+    max_new_tokens: MaxNewTokens = 128,
     style: StyleOption = "default",
 ) -> None:
     """Chat with the model in the terminal (multi-turn; /help for commands)."""
@@ -154,19 +151,15 @@ def serve(
     from bardlet.server.app import LOOPBACK_HOSTS, DeadlineH11Protocol, create_app
 
     lm = _load(model, threads=threads)
-    loopback = host in ("127.0.0.1", "localhost", "::1")
+    loopback = (f"[{host}]" if ":" in host else host) in LOOPBACK_HOSTS
     if not loopback and not api_key:
-        typer.echo(
-            f"warning: serving on {host} without an API key: anyone who can reach it can use it",
-            err=True,
-        )
+        warning = f"serving on {host} without an API key: anyone who can reach it can use it"
+        typer.echo(f"warning: {warning}", err=True)
+    # On loopback only local names are served: a web page elsewhere cannot reach the API
+    # through a DNS name that resolves to 127.0.0.1 (DNS rebinding).
+    hosts = LOOPBACK_HOSTS if loopback else ()
     try:
-        # On loopback only local names are served: a web page elsewhere cannot reach the API
-        # through a DNS name that resolves to 127.0.0.1 (DNS rebinding).
-        hosts = LOOPBACK_HOSTS if loopback else ()
-        app_ = create_app(
-            lm, api_key=api_key or None, allowed_hosts=hosts, read_timeout=read_timeout
-        )
+        app_ = create_app(lm, api_key, allowed_hosts=hosts, read_timeout=read_timeout)
     except ValueError as error:  # a broken styles.json
         _fail(error)
     protocol = type("Protocol", (DeadlineH11Protocol,), {"read_timeout": read_timeout})
@@ -215,8 +208,7 @@ def export_hf(
                 f'"{lora_out}"))'
             )
     except (FileNotFoundError, ValueError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=2) from None
+        _fail(error)
 
 
 @app.command()
@@ -231,8 +223,7 @@ def push(
     try:
         url = push_to_hub(folder, repo_id, private=private)
     except PushError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=2) from None
+        _fail(error)
     typer.echo(f"pushed {folder}/ to {url}")
 
 
@@ -267,7 +258,7 @@ def report(
 
 def _fail(message: object) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=2) from None
 
 
 def _load(model: Path, threads: int = 0) -> OnnxLM:
@@ -283,11 +274,11 @@ def _load(model: Path, threads: int = 0) -> OnnxLM:
 
 
 def _style(lm: OnnxLM, name: str, **explicit: Any) -> Style:
-    """The preset `name` from styles.json beside the model, with the options given explicitly
-    (None = the preset's value), checked by type and range."""
+    """The preset `name` beside the model, with the options given explicitly (None = the
+    preset's value), checked by type and range."""
     from pydantic import ValidationError
 
-    from bardlet.runtime.conversation import STYLES_FILE, load_styles
+    from bardlet.runtime.conversation import STYLES_FILE, load_styles, with_settings
 
     try:
         styles = load_styles(lm.path)
@@ -298,18 +289,17 @@ def _style(lm: OnnxLM, name: str, **explicit: Any) -> Style:
         if not (lm.path.parent / STYLES_FILE).exists():
             choices += f" (no {STYLES_FILE} beside the model: `dvc repro export` writes it)"
         _fail(f"unknown style {name!r}; choose one of {choices}")
-    updates = {key: value for key, value in explicit.items() if value is not None}
     try:
-        return type(styles[name]).model_validate({**styles[name].model_dump(), **updates})
+        return with_settings(styles[name], **explicit)
     except ValidationError as error:
         first = error.errors()[0]
         _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
 
 
-def _export_checkpoint(folder: Path, tokenizer_dir: Path = Path("models/tokenizer")) -> Path:
-    """Export a training checkpoint (models/base, models/chat, ...) to a temporary ONNX folder,
-    so chat and serve can try any checkpoint without the export stage. This path needs
-    PyTorch and the project's params.yaml; the exported model in models/onnx does not."""
+def _export_checkpoint(folder: Path) -> Path:
+    """A training checkpoint (models/base, models/chat, ...) exported to a temporary ONNX folder
+    with the project's tokenizer and params.yaml (`export.opset`, `chat.styles`), so chat and
+    serve can try any checkpoint without the export stage. Only this path needs PyTorch."""
     import atexit
     import shutil
     import tempfile
@@ -321,6 +311,7 @@ def _export_checkpoint(folder: Path, tokenizer_dir: Path = Path("models/tokenize
 
     params = load_params()
     network, info = checkpoint.load(folder)
+    tokenizer_dir = Path("models/tokenizer")  # what `dvc repro tokenizer` writes
     tokenizer = Tokenizer.load(tokenizer_dir / "bpe.json")
     if tokenizer.hash != info.get("tokenizer_hash"):
         raise ValueError(

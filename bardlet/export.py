@@ -1,7 +1,7 @@
 """ONNX export of the GPT with its KV cache, and a parity check in onnxruntime.
 
 The graph takes `input_ids` (batch, seq) and, per layer, `past.{i}.key` / `past.{i}.value`
-(batch, heads, past_seq, head_dim; past_seq may be 0 for the prompt), and returns `logits`
+(batch, key/value heads, past_seq, head_dim; past_seq may be 0 for the prompt), and returns `logits`
 and `present.{i}.key` / `present.{i}.value`, the cache to feed into the next call. The model's
 config, the tokenizer hash and the special token ids travel inside the file as metadata, so
 the runtime needs nothing but the .onnx file and the tokenizer.
@@ -32,7 +32,7 @@ from bardlet.model import GPT, KVCache
 from bardlet.runtime.conversation import STYLES_FILE
 from bardlet.runtime.sampling import Style
 from bardlet.runtime.session import METADATA_KEY, TOKENIZER_FILE
-from bardlet.tokenizer import Tokenizer
+from bardlet.tokenizer import AnyTokenizer, HFTokenizer
 from bardlet.tokenizer.hf import export_hf
 
 
@@ -63,7 +63,7 @@ def export_onnx(model: GPT, path: Path, opset: int, metadata: dict[str, Any]) ->
     outputs = cache_names(config.n_layer, "present")
     # A non-empty dummy past so no shape is specialised to zero while tracing.
     dummy_ids = torch.zeros((1, 3), dtype=torch.long)
-    dummy_past = [torch.zeros(1, config.n_head, 2, config.head_dim) for _ in inputs]
+    dummy_past = [torch.zeros(1, config.kv_heads, 2, config.head_dim) for _ in inputs]
     dynamic_axes: dict[str, dict[int, str]] = {
         "input_ids": {0: "batch", 1: "seq"},
         "logits": {0: "batch", 1: "seq"},
@@ -92,7 +92,7 @@ def export_onnx(model: GPT, path: Path, opset: int, metadata: dict[str, Any]) ->
 
 def write_model_folder(
     model: GPT,
-    tokenizer: Tokenizer,
+    tokenizer: AnyTokenizer,
     folder: Path,
     opset: int,
     styles: Mapping[str, Style],
@@ -103,8 +103,11 @@ def write_model_folder(
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"tokenizer_hash": tokenizer.hash, "special_tokens": tokenizer.special_tokens}
     export_onnx(model, folder / "model.onnx", opset, metadata)
-    tokenizer.save(folder / TOKENIZER_FILE)
-    export_hf(tokenizer, folder / "tokenizer.json")
+    if isinstance(tokenizer, HFTokenizer):  # a pretrained model's own tokenizer.json
+        tokenizer.save(folder / "tokenizer.json")
+    else:  # ours, and its Hugging Face copy
+        tokenizer.save(folder / TOKENIZER_FILE)
+        export_hf(tokenizer, folder / "tokenizer.json")
     presets = {name: style.model_dump() for name, style in styles.items()}
     write_json_atomic(folder / STYLES_FILE, presets)
     return folder / "model.onnx"
@@ -116,7 +119,7 @@ def _torch_steps(model: GPT, prompt: list[int], steps: int) -> list[np.ndarray]:
     with torch.no_grad():
         ids = torch.tensor([prompt])
         past: KVCache | None = [
-            (torch.zeros(1, model.config.n_head, 0, model.config.head_dim),) * 2
+            (torch.zeros(1, model.config.kv_heads, 0, model.config.head_dim),) * 2
             for _ in range(model.config.n_layer)
         ]
         for _ in range(steps + 1):
@@ -135,7 +138,7 @@ def check_parity(model: GPT, onnx_path: Path, prompt: list[int], steps: int) -> 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     config = model.config
     feeds: dict[str, np.ndarray] = {
-        name: np.zeros((1, config.n_head, 0, config.head_dim), dtype=np.float32)
+        name: np.zeros((1, config.kv_heads, 0, config.head_dim), dtype=np.float32)
         for name in cache_names(config.n_layer, "past")
     }
     feeds["input_ids"] = np.array([prompt], dtype=np.int64)

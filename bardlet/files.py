@@ -112,12 +112,10 @@ def sha256_json(value: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def git(root: str | Path, *args: str) -> str | None:
-    """What `git ARGS` prints in `root`, or None outside a git repository (or without git)."""
+def output(*command: str, cwd: str | Path | None = None) -> str | None:
+    """What a command prints, stripped; None if it is missing, fails or prints nothing."""
     try:
-        done = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True
-        )
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None

@@ -22,7 +22,6 @@ import re
 import shutil
 import statistics
 import struct
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from bardlet.files import git, sha256_json, write_bytes_atomic
+from bardlet.files import output, sha256_json, write_bytes_atomic
 from bardlet.markdown import fenced, fmt, fmt_bytes, table
 
 NA = "not available"
@@ -52,8 +51,7 @@ Parts = list[str]  # a section's paragraphs; empty ones are left out
 class ReportPaths:
     """Every file the report reads, and where it writes."""
 
-    reports: Path  # prepare.json, data.json, pretrain.json, ...; local/: this machine's
-    # timings (pretrain.json, sft.json) and curves against seconds (pretrain.csv, sft.csv)
+    reports: Path  # prepare.json, data.json, ...; local/: this machine's timings and curves
     plots: Path  # pretrain.csv, sft.csv: curves against steps
     tokenizer: Path  # bpe.json
     chat_model: Path  # config.json, model.safetensors
@@ -206,6 +204,10 @@ def _get(data: Any, *keys: str) -> Any:
     return data
 
 
+def _percent(value: Any) -> str:
+    return f"{value:+.3f}%" if isinstance(value, int | float) else "n/a"
+
+
 def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
@@ -310,15 +312,6 @@ def train_speed(summary: Json | None, timing: Json | None, model: Json, peak: fl
     result.update(flops_per_token=per_token, flops_per_s=per_token * rate)
     result["mfu"] = per_token * rate / peak if peak else None
     return result
-
-
-def _output(*command: str, cwd: Path | None = None) -> str | None:
-    """A command's stripped output; None if it is missing, fails or prints nothing."""
-    try:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
 
 
 # ---------------------------------------------------------------------------- the report card
@@ -488,18 +481,11 @@ def export_section(r: Inputs) -> Parts:
     if (export := r.results["export"]) is None:
         return [missing("export results", "reports/export.json: `dvc repro export`")]
     onnx, int8 = export.get("onnx_bytes"), export.get("int8_bytes")
-    rows = [
-        ("model.onnx size", fmt_bytes(onnx)),
-        ("model.int8.onnx size", fmt_bytes(int8)),
-        (
-            "parity checked: max abs logit difference vs PyTorch below",
-            export.get("parity_tolerance"),
-        ),
-        (
-            "int8 checked: bits per byte within, of fp32",
-            _percent(export.get("int8_max_bpb_delta_percent")),
-        ),
-    ]
+    tolerance, int8_delta = export.get("parity_tolerance"), export.get("int8_max_bpb_delta_percent")
+    rows: list[tuple[str, Any]] = [("model.onnx size", fmt_bytes(onnx))]
+    rows += [("model.int8.onnx size", fmt_bytes(int8))]
+    rows.append(("parity checked: max abs logit difference vs PyTorch below", tolerance))
+    rows.append(("int8 checked: bits per byte within, of fp32", _percent(int8_delta)))
     if isinstance(onnx, int | float) and isinstance(int8, int | float) and int8:
         rows.insert(2, ("size ratio fp32 / int8", f"{onnx / int8:.2f}x"))
     return [
@@ -507,10 +493,6 @@ def export_section(r: Inputs) -> Parts:
         "What ONNX Runtime measured (it picks kernels by the processor, so the exact numbers "
         "differ per machine) is on this machine's page.",
     ]
-
-
-def _percent(value: Any) -> str:
-    return f"{value:+.3f}%" if isinstance(value, int | float) else "n/a"
 
 
 # ---------------------------------------------------------------------------- this machine's page
@@ -580,7 +562,7 @@ def environment_section(r: Inputs) -> Parts:
     affinity = getattr(os, "sched_getaffinity", None)
     usable = len(affinity(0)) if affinity else os.cpu_count()
     smi, root = shutil.which("nvidia-smi"), r.paths.params.parent  # nvidia-smi: no torch
-    gpu = _output(smi, "--query-gpu=name,memory.total", "--format=csv,noheader") if smi else None
+    gpu = output(smi, "--query-gpu=name,memory.total", "--format=csv,noheader") if smi else None
     dists = importlib.metadata.distributions()
     versions = {(d.metadata["Name"] or "").lower(): d.version for d in dists}
     rows = [
@@ -590,7 +572,7 @@ def environment_section(r: Inputs) -> Parts:
         ("CPU cores", f"{os.cpu_count()} ({usable} usable by this process)"),
         ("GPU", "; ".join(gpu.splitlines()) if gpu else "none found" if smi else "no nvidia-smi"),
         *((package, versions.get(package, "not installed")) for package in PACKAGES),
-        ("git commit", (git(root, "rev-parse", "HEAD") or "unknown").strip()),
+        ("git commit", output("git", "rev-parse", "HEAD", cwd=root) or "unknown"),
         ("params hash", NA if r.params is None else sha256_json(r.params)),
     ]
     return [table(("what", "value"), rows)]
@@ -619,15 +601,12 @@ def write_report(
     r, onnx, page = Inputs(paths, peak_flops), paths.onnx_model, paths.local / "report.md"
     if measure_speed:
         r.speeds = {"fp32": onnx_speed(onnx), "int8": onnx_speed(onnx.with_suffix(".int8.onnx"))}
+    card, local = paths.figures, paths.local / "figures"
     for key, figure, path in [
-        ("steps", plot_curves(r.curves, "step", r.data), paths.figures / "curves_steps.png"),
-        ("lengths", plot_lengths(r.results["data"], r.data), paths.figures / "lengths.png"),
-        (
-            "time",
-            plot_curves(r.time_curves, "seconds", r.data),
-            paths.local / "figures/curves_time.png",
-        ),
-        ("moved", None, paths.figures / "curves_time.png"),  # to local/: it is not reproducible
+        ("steps", plot_curves(r.curves, "step", r.data), card / "curves_steps.png"),
+        ("lengths", plot_lengths(r.results["data"], r.data), card / "lengths.png"),
+        ("time", plot_curves(r.time_curves, "seconds", r.data), local / "curves_time.png"),
+        ("moved", None, card / "curves_time.png"),  # to local/: it is not reproducible
     ]:
         r.figures[key] = save_figure(figure, path)
     for path, intro, sections in [

@@ -36,7 +36,7 @@ import yaml
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from bardlet.files import git, sha256_json
+from bardlet.files import output, sha256_json
 
 EXPERIMENT = "bardlet"
 # MLflow 3's UI tells GenAI experiments (traces) from model training ones by this tag.
@@ -81,14 +81,12 @@ def provenance(root: str | Path = ".", tokenizer_hash: str | None = None) -> dic
     Cheap (two git calls and a few small files), so every stage run records it."""
     root = Path(root)
     tags: dict[str, str] = {}
-    head = git(root, "rev-parse", "HEAD")
-    if head is None:
-        tags["git.commit"] = tags["git.dirty"] = UNKNOWN
-    else:
-        tags["git.commit"] = head.strip()
+    head = output("git", "rev-parse", "HEAD", cwd=root)
+    tags["git.commit"] = tags["git.dirty"] = head or UNKNOWN
+    if head:  # dirty: `git status` lists a changed tracked file (it prints nothing if clean)
         excluded = [f":(exclude){path}" for path in GENERATED]
-        status = git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
-        tags["git.dirty"] = UNKNOWN if status is None else str(bool(status.strip())).lower()
+        status = ["status", "--porcelain", "--untracked-files=no", "--", ".", *excluded]
+        tags["git.dirty"] = str(output("git", *status, cwd=root) is not None).lower()
     for tag, variable in (
         ("dvc.exp_name", "DVC_EXP_NAME"),
         ("dvc.exp_baseline_rev", "DVC_EXP_BASELINE_REV"),

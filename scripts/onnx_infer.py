@@ -303,7 +303,8 @@ class Model:
         self.info = json.loads(meta["bardlet"])
         config = self.info["model"]
         self.block_size = int(config["block_size"])
-        self.cache_shape = (config["n_head"], 0, config["n_embd"] // config["n_head"])
+        heads = config.get("n_kv_head") or config["n_head"]  # fewer with grouped-query attention
+        self.cache_shape = (heads, 0, config["n_embd"] // config["n_head"])
         self.past_names = [i.name for i in self.session.get_inputs() if i.name != "input_ids"]
 
     def stream(

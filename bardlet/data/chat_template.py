@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bardlet.tokenizer import Tokenizer
+from bardlet.tokenizer import AnyTokenizer
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 ROLES = ("system", "user", "assistant")
 
 
 def render(
-    tokenizer: Tokenizer, messages: Sequence[Message], system: str | None = None
+    tokenizer: AnyTokenizer, messages: Sequence[Message], system: str | None = None
 ) -> tuple[list[int], list[bool]]:
     """Token ids of a whole conversation, and a loss mask that is True exactly on the
     assistant's tokens and the <|end|> that closes each assistant turn."""
@@ -41,7 +41,7 @@ def render(
 
 
 def render_prompt(
-    tokenizer: Tokenizer, messages: Sequence[Message], system: str | None = None
+    tokenizer: AnyTokenizer, messages: Sequence[Message], system: str | None = None
 ) -> list[int]:
     """Ids that ask the model for the next assistant turn: the conversation, then <|assistant|>."""
     ids, _ = render(tokenizer, messages, system)

@@ -1,7 +1,6 @@
-"""Conversations for a model with a small context: the prompt, fitted; and the style presets.
-
-Shared by the terminal chat and the HTTP server (and the page, through the server), so a
-conversation is cut the same way everywhere.
+"""Conversations for a model with a small context: the prompt, fitted; the reply; the style
+presets. Shared by the terminal chat, `bardlet generate --chat` and the HTTP server (and the
+page, through it), so a conversation is cut, ended and styled the same way everywhere.
 """
 
 from __future__ import annotations
@@ -9,12 +8,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from bardlet.data.chat_template import ROLES, Message
-from bardlet.runtime.sampling import Style
-from bardlet.tokenizer import Tokenizer
+from bardlet.runtime.generation import Generation
+from bardlet.runtime.sampling import Sampling, Style
+from bardlet.runtime.session import OnnxLM
+from bardlet.tokenizer import AnyTokenizer
 
 # The export stage writes params.yaml's `chat.styles` here, beside the model.
 STYLES_FILE = "styles.json"
@@ -22,7 +24,7 @@ _STYLES = TypeAdapter(dict[str, Style])
 
 
 def fit_conversation(
-    tokenizer: Tokenizer,
+    tokenizer: AnyTokenizer,
     messages: Sequence[Message],
     system: str | None,
     block_size: int,
@@ -80,3 +82,17 @@ def load_styles(model_path: str | Path) -> dict[str, Style]:
             f"{path} is not a styles file ({error}): re-run `dvc repro export`"
         ) from None
     return {"default": Style(), **styles}  # `default` is what a chat starts with
+
+
+def with_settings(style: Style, **given: Any) -> Style:
+    """`style` with the settings given (None keeps the style's), checked by type and range:
+    raises pydantic's ValidationError, which names the field."""
+    updates = {key: value for key, value in given.items() if value is not None}
+    return Style.model_validate({**style.model_dump(), **updates})
+
+
+def reply(lm: OnnxLM, prompt: Sequence[int], max_tokens: int, settings: Sampling) -> Generation:
+    """The model's reply to `prompt`: any special token (a chat marker) ends it."""
+    return Generation(
+        lm, prompt, max_tokens, settings, sorted(lm.tokenizer.special_tokens.values())
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bardlet.measures import summarize
-from bardlet.runtime.session import open_session
+from bardlet.runtime.session import cache_shape, open_session
 
 Batch = tuple[np.ndarray, np.ndarray]  # (inputs, targets), (batch, time); targets -1 = skip
 
@@ -43,14 +43,14 @@ def measure_onnx_bpb(
     token `id` (0 for special tokens): `tokenizer.byte_lengths()`."""
     session, info = open_session(onnx_path, threads)
     config = info["model"]
-    n_head, head_dim = config["n_head"], config["n_embd"] // config["n_head"]
+    heads, head_dim = cache_shape(config)
     past_names = [i.name for i in session.get_inputs() if i.name.startswith("past.")]
     logits_only = [session.get_outputs()[0].name]
     nats, tokens, n_bytes = 0.0, 0, 0
     for i, (inputs, targets) in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        empty = np.zeros((inputs.shape[0], n_head, 0, head_dim), dtype=np.float32)
+        empty = np.zeros((inputs.shape[0], heads, 0, head_dim), dtype=np.float32)
         feeds = dict.fromkeys(past_names, empty)
         feeds["input_ids"] = np.asarray(inputs, dtype=np.int64)
         (logits,) = session.run(logits_only, feeds)

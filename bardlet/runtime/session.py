@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bardlet.runtime.sampling import Sampling, sample
-from bardlet.tokenizer import Tokenizer
+from bardlet.tokenizer import load_tokenizer
 
 TOKENIZER_FILE = "bpe.json"
 METADATA_KEY = "bardlet"
@@ -40,6 +40,12 @@ def session_options(threads: int = 0, spin: bool = False) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return options
+
+
+def cache_shape(config: dict[str, Any]) -> tuple[int, int]:
+    """(heads, head_dim) of each layer's cached keys and values: fewer heads than n_head with
+    grouped-query attention (n_kv_head)."""
+    return config.get("n_kv_head") or config["n_head"], config["n_embd"] // config["n_head"]
 
 
 def open_session(
@@ -87,12 +93,11 @@ class OnnxLM:
         self.session, self.info = open_session(model_path, threads, spin)
         config = self.info["model"]
         self.n_layer: int = config["n_layer"]
-        self.n_head: int = config["n_head"]
-        self.head_dim: int = config["n_embd"] // config["n_head"]
+        self.cache_heads, self.head_dim = cache_shape(config)
         self.block_size: int = config["block_size"]
         self.vocab_size: int = config["vocab_size"]
-        tokenizer_path = Path(tokenizer_path or model_path.parent / TOKENIZER_FILE)
-        self.tokenizer = Tokenizer.load(tokenizer_path)
+        tokenizer_path = Path(tokenizer_path or model_path.parent)  # bpe.json or tokenizer.json
+        self.tokenizer = load_tokenizer(tokenizer_path)
         if self.tokenizer.hash != self.info.get("tokenizer_hash"):
             raise ValueError(
                 f"{tokenizer_path} is not the tokenizer {model_path.name} was trained with: "
@@ -103,7 +108,7 @@ class OnnxLM:
         ]
 
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
-        shape = (batch, self.n_head, 0, self.head_dim)
+        shape = (batch, self.cache_heads, 0, self.head_dim)
         return [np.zeros(shape, dtype=np.float32) for _ in self._past_names]
 
     def forward(

@@ -1,16 +1,10 @@
 """An OpenAI-compatible HTTP API and a chat page for an exported bardlet model.
 
-One `OnnxLM` serves every request: ONNX Runtime sessions are thread-safe, and each request
-keeps its own KV cache. Nothing that costs CPU runs on the event loop: tokenizing and fitting
-a conversation, and generating, happen in the thread pool (a streamed reply pulls one text
-piece at a time from a worker thread), so `/health` and other requests stay answered while a
-long one is being prepared. The routes are plain functions at module level; what they share
-(the model, its style presets, the API key) is the app's `state`.
-
-Guards against clients: a body limit, a deadline for the request head and body (a client
-that connects and trickles bytes is cut off), a Host check when serving on loopback (a web
-page elsewhere cannot reach the API through DNS rebinding), and text that is not valid
-Unicode (a lone surrogate) answered with a 400 that names the field.
+The routes are module-level functions over the app's `state`: one `OnnxLM` (its sessions are
+thread-safe; each request keeps its own KV cache). CPU work (tokenizing, fitting, generating)
+runs in the thread pool, so `/health` and other requests stay answered during a long one.
+Guards against clients: a body limit, deadlines for the request head and body, a Host check
+on loopback (DNS rebinding), and a 400 naming the field for text that is not valid Unicode.
 """
 
 from __future__ import annotations
@@ -20,7 +14,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,16 +32,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bardlet.data.chat_template import render_prompt
-from bardlet.runtime.conversation import fit_conversation, load_styles
-from bardlet.runtime.generation import Generation
-from bardlet.runtime.sampling import Sampling, Style
+from bardlet.runtime.conversation import fit_conversation, load_styles, reply, with_settings
+from bardlet.runtime.sampling import Style
 from bardlet.runtime.session import OnnxLM
 
 STATIC = Path(__file__).parent / "static"
+MODEL_ID = "bardlet"
 MAX_BODY_BYTES = 1_000_000
 READ_TIMEOUT = 10.0  # seconds a client may take to send the request head, and then the body
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _bearer = HTTPBearer(auto_error=False, description="The server's --api-key, if it has one")
+NO_CACHE = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+PAGE_HEADERS = {
+    # Same-origin scripts, styles and requests only: the page works offline, loads nothing else.
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+}
 
 # ---------------------------------------------------------------------------- errors
 
@@ -64,26 +67,11 @@ class APIError(Exception):
         code: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (
-            status,
-            message,
-            type_,
-            param,
-            code,
-        )
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        self.status = status
+        self.error = {"message": message, "type": type_, "param": param, "code": code}
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return JSONResponse({"error": self.error}, status_code=self.status, headers=headers)
 
 
 class ErrorDetail(BaseModel):
@@ -107,127 +95,89 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-_STATUS_TYPES = {
-    401: ("authentication_error", "invalid_api_key"),
-    404: ("invalid_request_error", "not_found"),
-    405: ("invalid_request_error", "method_not_allowed"),
-    413: ("invalid_request_error", "request_too_large"),
-}
-
 
 class Guard:
-    """ASGI middleware in front of every route: with `allowed_hosts`, refuse a Host header
-    that is not one of them (400); refuse bodies above `limit` bytes (413) and bodies that
-    take longer than READ_TIMEOUT to arrive (408), before anything parses them; and mark
-    every response `X-Content-Type-Options: nosniff`."""
+    """ASGI middleware in front of every route. Refuses a Host not in `allowed_hosts` (when
+    given; 400), and a body larger than MAX_BODY_BYTES (413) or slower than `read_timeout` to
+    arrive (408) before anything parses it; marks every response `nosniff`."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        limit: int,
-        allowed_hosts: tuple[str, ...] = (),
-        read_timeout: float = READ_TIMEOUT,
-    ) -> None:
-        self.app, self.limit, self.allowed_hosts = app, limit, allowed_hosts
-        self.read_timeout = read_timeout
+    def __init__(self, app: ASGIApp, allowed_hosts: tuple[str, ...], read_timeout: float) -> None:
+        self.app, self.allowed_hosts, self.read_timeout = app, allowed_hosts, read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers", []))
-        if self.allowed_hosts:
-            host = headers.get(b"host", b"").decode("latin-1")
-            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if name not in self.allowed_hosts:
-                refused = APIError(
-                    400,
-                    f"Host {host!r} is not this server's: it serves on loopback, for "
-                    f"{', '.join(self.allowed_hosts)} (use --host to serve other names)",
-                    code="invalid_host",
-                )
-                await refused.response()(scope, receive, send)
-                return
-        too_large = APIError(
-            413, f"the request body is larger than {self.limit} bytes", code="request_too_large"
-        )
-        try:
-            declared = int(headers.get(b"content-length", b"0"))
-        except ValueError:
-            declared = 0
-        if declared > self.limit:
-            await too_large.response()(scope, receive, send)
-            return
-        # Read the body here (bounded in size and time), then hand it to the app unchanged.
-        chunks: list[bytes] = []
-        size = 0
-        deadline = asyncio.get_running_loop().time() + self.read_timeout
-        while True:
-            try:
-                left = deadline - asyncio.get_running_loop().time()
-                message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
-            except TimeoutError:
-                slow = APIError(
-                    408,
-                    f"the request body took longer than {READ_TIMEOUT:g} s to arrive",
-                    code="request_timeout",
-                )
-                await slow.response({"Connection": "close"})(scope, receive, send)
-                return
-            if message["type"] != "http.request":
-                break  # http.disconnect
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await too_large.response()(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
+            return await self.app(scope, receive, send)
+        body = await self.read(scope, receive)
+        if isinstance(body, APIError):
+            closing = {"Connection": "close"} if body.status == 408 else None
+            return await body.response(closing)(scope, receive, send)
+        first = iter([{"type": "http.request", "body": body, "more_body": False}])
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        async def replay() -> Message:  # the body read here, then whatever comes next
+            return next(first, None) or await receive()
 
-        async def send_with_headers(message: Message) -> None:
+        async def send_nosniff(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"x-content-type-options", b"nosniff"))
+                headers = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, replay, send_with_headers)
+        await self.app(scope, replay, send_nosniff)
+
+    async def read(self, scope: Scope, receive: Receive) -> bytes | APIError:
+        """The whole body, bounded in size and time; or the error that refuses the request."""
+        headers = dict(scope.get("headers", []))
+        host = headers.get(b"host", b"").decode("latin-1")
+        name = host if host.endswith("]") else host.rsplit(":", 1)[0]
+        if self.allowed_hosts and name not in self.allowed_hosts:
+            return APIError(
+                400,
+                f"Host {host!r} is not this server's: it serves on loopback, for "
+                f"{', '.join(self.allowed_hosts)} (use --host to serve other names)",
+                code="invalid_host",
+            )
+        too_large = APIError(
+            413, f"the request body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large"
+        )
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return too_large
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                while (message := await receive())["type"] == "http.request":  # or a disconnect
+                    body += message.get("body", b"")
+                    if len(body) > MAX_BODY_BYTES:
+                        return too_large
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            return APIError(
+                408,
+                f"the request body took longer than {self.read_timeout:g} s to arrive",
+                code="request_timeout",
+            )
+        return bytes(body)
 
 
 class DeadlineH11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with a deadline for the request head. uvicorn waits for
-    headers forever, so clients that connect and send a byte now and then (a "slowloris")
-    would pile up until the server runs out of sockets; here each gets READ_TIMEOUT seconds
-    to finish its head, and is disconnected otherwise. (Idle keep-alive connections have
-    uvicorn's own timeout.)"""
+    headers forever, so slow clients (a "slowloris") would pile up until sockets run out;
+    here a connection that has not sent its head in `read_timeout` seconds is closed."""
 
     read_timeout = READ_TIMEOUT  # `bardlet serve --read-timeout` makes a subclass
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.head_deadline: asyncio.TimerHandle | None = self.loop.call_later(
-            self.read_timeout, self.too_slow
-        )
+        self.head_deadline = self.loop.call_later(self.read_timeout, self.too_slow)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.cycle is not None and self.head_deadline is not None:  # the head is complete
+        if self.cycle is not None:  # the head is complete (cancelling twice does nothing)
             self.head_deadline.cancel()
-            self.head_deadline = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.head_deadline is not None:
-            self.head_deadline.cancel()
+        self.head_deadline.cancel()
         super().connection_lost(exc)
 
     def too_slow(self) -> None:
@@ -239,16 +189,14 @@ class DeadlineH11Protocol(H11Protocol):
 
 
 def _valid_text(text: str) -> str:
-    """Text the tokenizer can encode: JSON may carry lone surrogates ("\ud800"), which are
-    not Unicode text and have no UTF-8 bytes."""
+    """JSON may carry lone surrogates ("\\ud800"): not Unicode text, no UTF-8 bytes."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        bad = text[error.start]
         raise PydanticCustomError(
             "invalid_text",
             "not valid Unicode text: a lone surrogate (U+{code:04X}) at character {at}",
-            {"code": ord(bad), "at": error.start},
+            {"code": ord(text[error.start]), "at": error.start},
         ) from None
     return text
 
@@ -265,11 +213,6 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: Text | list[TextPart]
     name: Text | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
 
 
 class StreamOptions(BaseModel):
@@ -309,7 +252,7 @@ class CompletionRequest(_Common):
     prompt: Text | list[Text] = ""
 
 
-# ---------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------- state and replies
 
 
 @dataclass
@@ -318,13 +261,8 @@ class ServerState:
 
     lm: OnnxLM
     styles: dict[str, Style]
-    model_id: str
     api_key: bytes | None
     created: int
-
-    @property
-    def stop_ids(self) -> list[int]:
-        return sorted(self.lm.tokenizer.special_tokens.values())  # any marker ends a reply
 
 
 def state(request: Request) -> ServerState:
@@ -337,10 +275,8 @@ async def check_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     expected = state(request).api_key
-    if expected is None:
-        return
     given = credentials.credentials.encode() if credentials else b""
-    if not hmac.compare_digest(given, expected):
+    if expected is not None and not hmac.compare_digest(given, expected):
         raise APIError(
             401,
             "missing or incorrect API key: send `Authorization: Bearer <key>`",
@@ -349,45 +285,12 @@ async def check_key(
         )
 
 
-def settings_for(served: ServerState, body: _Common) -> Sampling:
-    """The default style's sampling, with what the request sets (OpenAI's names)."""
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    given = {
-        "temperature": body.temperature,
-        "top_k": body.top_k,
-        "top_p": body.top_p,
-        "seed": body.seed,
-        "stop": tuple(stops) or None,
-    }
-    updates = {key: value for key, value in given.items() if value is not None}
-    try:
-        return Sampling(**{**served.styles["default"].sampling().model_dump(), **updates})
-    except ValidationError as error:
-        first = error.errors()[0]
-        param = str(first["loc"][0]) if first["loc"] else None
-        raise APIError(400, f"{param}: {first['msg']}", param=param) from None
-
-
-def check_common(served: ServerState, body: _Common, prompt: list[int]) -> None:
-    if body.n not in (None, 1):
-        raise APIError(400, "only n=1 is supported", param="n", code="unsupported_value")
-    block = served.lm.block_size
-    if len(prompt) >= block:
-        raise APIError(
-            400,
-            f"the prompt is {len(prompt)} tokens but the model's context is {block} "
-            "tokens including the reply: shorten the messages",
-            param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
-            code="context_length_exceeded",
-        )
-
-
 def chat_prompt(served: ServerState, body: ChatCompletionRequest, limit: int) -> list[int]:
     """The prompt ids of a chat request (in a worker thread: a long history takes time)."""
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in body.messages
-    ]
+    messages = []
+    for m in body.messages:
+        text = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
+        messages.append({"role": "system" if m.role == "developer" else m.role, "content": text})
     lm = served.lm
     if body.truncation == "disabled":
         return render_prompt(lm.tokenizer, messages)
@@ -398,26 +301,77 @@ def chat_prompt(served: ServerState, body: ChatCompletionRequest, limit: int) ->
         raise APIError(400, str(error), param="messages", code="context_length_exceeded") from None
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-async def _pull(pieces: Generator[str, None, None]) -> AsyncIterator[str]:
-    """Text pieces produced in a worker thread, one thread hop per piece. When the client
-    goes away the consumer is cancelled between pieces and generation stops there."""
+async def answer(served: ServerState, body: _Common, prompt: list[int], limit: int) -> Any:
+    """Generate the reply to `prompt` and answer in OpenAI's shape for a chat or a text
+    completion: one JSON object, or (`stream`) server-sent events of its pieces."""
+    chat = isinstance(body, ChatCompletionRequest)
+    if body.n not in (None, 1):
+        raise APIError(400, "only n=1 is supported", param="n", code="unsupported_value")
+    if len(prompt) >= served.lm.block_size:
+        raise APIError(
+            400,
+            f"the prompt is {len(prompt)} tokens but the model's context is "
+            f"{served.lm.block_size} tokens including the reply: shorten the messages",
+            param="messages" if chat else "prompt",
+            code="context_length_exceeded",
+        )
+    # What the request leaves out comes from the default style, as in `bardlet chat`.
+    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    given = {"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p}
     try:
-        while True:
-            piece = await run_in_threadpool(next, pieces, None)
-            if piece is None:
-                return
-            yield piece
-    finally:
-        pieces.close()
+        style = with_settings(
+            served.styles["default"], **given, seed=body.seed, stop=tuple(stops) or None
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        param = str(first["loc"][0]) if first["loc"] else None
+        raise APIError(400, f"{param}: {first['msg']}", param=param) from None
+    gen = reply(served.lm, prompt, limit, style.sampling())
+    head: dict[str, Any] = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": MODEL_ID,
+    } | ({"system_fingerprint": None} if chat else {})
 
+    def choice(text: str | None, finish: str | None = None) -> dict[str, Any]:
+        if not chat:
+            said: dict[str, Any] = {"text": text or ""}
+        elif body.stream:  # a chunk: its new text, and nothing in the last one
+            said = {"delta": {} if text is None else {"content": text}}
+        else:
+            said = {"message": {"role": "assistant", "content": text}}
+        return {"index": 0, **said, "logprobs": None, "finish_reason": finish}
 
-def _sse(data: dict[str, Any] | str) -> str:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {payload}\n\n"
+    if not body.stream:
+        text = await run_in_threadpool(gen.text)
+        return head | {"choices": [choice(text, gen.finish_reason)], "usage": gen.usage()}
+    if chat:
+        head["object"] = "chat.completion.chunk"
+    # With include_usage every chunk has "usage": null, and one more chunk before [DONE] has it.
+    usage = {"usage": None} if body.stream_options and body.stream_options.include_usage else {}
+
+    def event(*choices: dict[str, Any], **extra: Any) -> str:
+        data = head | {"choices": list(choices)} | usage | extra
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        if chat:  # the first chunk says who speaks
+            yield event(choice(None) | {"delta": {"role": "assistant", "content": ""}})
+        # Each piece is made in a worker thread: a client that goes away cancels this
+        # between pieces, and generation stops there.
+        pieces = gen.pieces()
+        try:
+            while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+                yield event(choice(piece))
+        finally:
+            pieces.close()
+        yield event(choice(None, gen.finish_reason))
+        if usage:
+            yield event(usage=gen.usage())
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=NO_CACHE)
 
 
 # ---------------------------------------------------------------------------- routes
@@ -428,21 +382,14 @@ V1 = [Depends(check_key)]
 
 @router.get("/health", tags=["service"])
 async def health(request: Request) -> dict[str, Any]:
-    served = state(request)
-    return {"status": "ok", "model": served.model_id, "context": served.lm.block_size}
+    return {"status": "ok", "model": MODEL_ID, "context": state(request).lm.block_size}
 
 
 @router.get("/v1/models", tags=["openai"], dependencies=V1, responses=ERRORS)
 async def list_models(request: Request) -> dict[str, Any]:
     served = state(request)
-    model = {
-        "id": served.model_id,
-        "object": "model",
-        "created": served.created,
-        "owned_by": "bardlet",
-        "context_length": served.lm.block_size,
-    }
-    return {"object": "list", "data": [model]}
+    model = {"id": MODEL_ID, "object": "model", "created": served.created, "owned_by": "bardlet"}
+    return {"object": "list", "data": [model | {"context_length": served.lm.block_size}]}
 
 
 @router.get("/v1/styles", tags=["bardlet"], dependencies=V1, responses=ERRORS)
@@ -457,145 +404,62 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
     served = state(request)
     limit = body.max_completion_tokens or body.max_tokens or served.lm.block_size
     prompt = await run_in_threadpool(chat_prompt, served, body, limit)
-    check_common(served, body, prompt)
-    gen = Generation(served.lm, prompt, limit, settings_for(served, body), served.stop_ids)
-    ident, now = new_id("chatcmpl"), int(time.time())
-    if not body.stream:
-        text = await run_in_threadpool(gen.text)
-        return {
-            "id": ident,
-            "object": "chat.completion",
-            "created": now,
-            "model": served.model_id,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": gen.finish_reason,
-                }
-            ],
-            "usage": gen.usage(),
-        }
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": now,
-            "model": served.model_id,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        if include_usage:
-            data["usage"] = None
-        return data
-
-    async def events() -> AsyncIterator[str]:
-        yield _sse(chunk({"role": "assistant", "content": ""}, None))
-        async for piece in _pull(gen.pieces()):
-            yield _sse(chunk({"content": piece}, None))
-        yield _sse(chunk({}, gen.finish_reason))
-        if include_usage:
-            yield _sse(chunk({}, None) | {"choices": [], "usage": gen.usage()})
-        yield _sse("[DONE]")
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers=_NO_CACHE)
+    return await answer(served, body, prompt, limit)
 
 
 @router.post("/v1/completions", tags=["openai"], dependencies=V1, responses=ERRORS)
 async def completions(request: Request, body: CompletionRequest) -> Any:
+    if isinstance(body.prompt, list) and len(body.prompt) != 1:
+        raise APIError(400, "give exactly one prompt", param="prompt")
+    text = body.prompt[0] if isinstance(body.prompt, list) else body.prompt
     served = state(request)
-    if isinstance(body.prompt, list):
-        if len(body.prompt) != 1:
-            raise APIError(400, "give exactly one prompt", param="prompt")
-        text_prompt = body.prompt[0]
-    else:
-        text_prompt = body.prompt
     tokenizer = served.lm.tokenizer
-    encoded = await run_in_threadpool(tokenizer.encode, text_prompt)
-    prompt = [tokenizer.special_id("<|bos|>"), *encoded]
-    check_common(served, body, prompt)
-    limit = body.max_tokens or 16  # OpenAI's default for this endpoint
-    gen = Generation(served.lm, prompt, limit, settings_for(served, body), served.stop_ids)
-    ident, now = new_id("cmpl"), int(time.time())
-
-    def result(text: str, finish: str | None) -> dict[str, Any]:
-        return {
-            "id": ident,
-            "object": "text_completion",
-            "created": now,
-            "model": served.model_id,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-        }
-
-    if not body.stream:
-        text = await run_in_threadpool(gen.text)
-        return result(text, gen.finish_reason) | {"usage": gen.usage()}
-
-    async def events() -> AsyncIterator[str]:
-        async for piece in _pull(gen.pieces()):
-            yield _sse(result(piece, None))
-        yield _sse(result("", gen.finish_reason))
-        if body.stream_options and body.stream_options.include_usage:
-            yield _sse(result("", None) | {"choices": [], "usage": gen.usage()})
-        yield _sse("[DONE]")
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers=_NO_CACHE)
+    prompt = [tokenizer.special_id("<|bos|>"), *await run_in_threadpool(tokenizer.encode, text)]
+    return await answer(served, body, prompt, body.max_tokens or 16)  # OpenAI's default: 16
 
 
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
-    return FileResponse(STATIC / "index.html", media_type="text/html", headers=_PAGE_HEADERS)
+    return FileResponse(STATIC / "index.html", media_type="text/html", headers=PAGE_HEADERS)
 
 
 # ---------------------------------------------------------------------------- errors as JSON
-
-
-async def _api_error(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, APIError)
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return error.response(headers)
 
 
 async def _invalid(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     problems = list(error.errors())
     first = problems[0] if problems else {}
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
     kind = first.get("type", "")
-    if kind == "json_invalid" or (kind == "missing" and not loc):
-        message = "the request body is not valid JSON"
-        if kind == "json_invalid":
-            message += f": {first.get('ctx', {}).get('error', first.get('msg', ''))}"
+    if kind == "json_invalid":
+        reason = first.get("ctx", {}).get("error", first.get("msg", ""))
+        message = f"the request body is not valid JSON: {reason}"
         return APIError(400, message, code="invalid_json").response()
+    if kind == "missing" and not param:  # no body at all
+        return APIError(400, "the request body is not valid JSON", code="invalid_json").response()
     # A union (str | list) reports each branch; the text check is the one that matters.
-    text_problem = next((p for p in problems if p.get("type") == "invalid_text"), None)
-    if text_problem is not None:
-        where = ".".join(str(part) for part in text_problem["loc"] if part != "body")
-        field = where.removesuffix(".str").replace(".function-after[_valid_text(), str]", "")
-        return APIError(
-            400, f"{field}: {text_problem['msg']}", param=field, code="invalid_text"
-        ).response()
-    param = ".".join(loc) or None
+    for problem in problems:
+        if problem.get("type") == "invalid_text":
+            where = ".".join(str(part) for part in problem["loc"] if part != "body")
+            field = where.removesuffix(".str").replace(".function-after[_valid_text(), str]", "")
+            message = f"{field}: {problem['msg']}"
+            return APIError(400, message, param=field, code="invalid_text").response()
     message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
     if len(problems) > 1:
         message += f" (and {len(problems) - 1} more problem(s))"
     return APIError(422, message, param=param, code=kind or None).response()
 
 
-async def _http(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, StarletteHTTPException)
-    type_, code = _STATUS_TYPES.get(error.status_code, ("invalid_request_error", None))
-    return APIError(error.status_code, str(error.detail), type_, code=code).response(
-        dict(error.headers) if error.headers else None
-    )
-
-
-async def _crash(_request: Request, _error: Exception) -> JSONResponse:
-    return APIError(500, "internal server error", "server_error").response()
+async def _as_json(_request: Request, error: Exception) -> JSONResponse:
+    """Every other error in OpenAI's shape too: ours, routing's and static files', a crash."""
+    if isinstance(error, StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
+        refused = APIError(error.status_code, str(error.detail), code=code)
+        return refused.response(dict(error.headers) if error.headers else None)
+    if not isinstance(error, APIError):
+        error = APIError(500, "internal server error", "server_error")
+    return error.response({"WWW-Authenticate": "Bearer"} if error.status == 401 else None)
 
 
 # ---------------------------------------------------------------------------- the app
@@ -605,15 +469,11 @@ def create_app(
     lm: OnnxLM,
     api_key: str | None = None,
     *,
-    model_id: str = "bardlet",
-    max_body_bytes: int = MAX_BODY_BYTES,
-    styles: dict[str, Style] | None = None,
     allowed_hosts: tuple[str, ...] = (),
     read_timeout: float = READ_TIMEOUT,
 ) -> FastAPI:
     """The FastAPI app: /v1 (OpenAI-compatible), /health, /openapi.json and the page at /.
-    `allowed_hosts` (host names without port): refuse requests whose Host is another;
-    `read_timeout`: seconds a request body may take to arrive."""
+    `allowed_hosts`: the only Host names answered (without port), if given."""
     app = FastAPI(
         title="bardlet",
         version="1",
@@ -621,32 +481,12 @@ def create_app(
         docs_url=None,  # Swagger UI loads from a CDN; the schema is at /openapi.json
         redoc_url=None,
     )
-    app.state.bardlet = ServerState(
-        lm=lm,
-        styles=styles if styles is not None else load_styles(lm.path),
-        model_id=model_id,
-        api_key=api_key.encode() if api_key else None,
-        created=int(time.time()),
-    )
+    key = api_key.encode() if api_key else None
+    app.state.bardlet = ServerState(lm, load_styles(lm.path), key, int(time.time()))
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(Exception, _crash)
-    app.add_middleware(
-        Guard, limit=max_body_bytes, allowed_hosts=allowed_hosts, read_timeout=read_timeout
-    )
+    for kind in (APIError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, _as_json)
+    app.add_middleware(Guard, allowed_hosts=allowed_hosts, read_timeout=read_timeout)
     return app
-
-
-_NO_CACHE = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_PAGE_HEADERS = {
-    # Only same-origin scripts, styles and requests: the page works offline and loads nothing
-    # from anywhere else.
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "Referrer-Policy": "no-referrer",
-}
