@@ -9,6 +9,15 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from bardlet.defaults import (
+    BASE_MODEL,
+    CHAT_MODEL,
+    HF_DIR,
+    ONNX_MODEL,
+    READ_TIMEOUT,
+    REPORTS,
+    TOKENIZER_DIR,
+)
 from bardlet.tokenizer.cli import app as tokenizer_app
 
 if TYPE_CHECKING:
@@ -31,7 +40,6 @@ ModelOption = Annotated[
         "training checkpoint folder such as models/chat (exported on the fly; needs PyTorch).",
     ),
 ]
-DEFAULT_MODEL = Path("models/onnx/model.onnx")  # what `dvc repro export` writes
 StyleOption = Annotated[
     str,
     typer.Option(
@@ -72,7 +80,7 @@ def generate(
             "to --max-new-tokens; special tokens are never printed either way.",
         ),
     ] = False,
-    model: ModelOption = DEFAULT_MODEL,
+    model: ModelOption = ONNX_MODEL,
 ) -> None:
     """Continue PROMPT (or, with --chat, answer it) and print only the generated text."""
     from bardlet.data.chat_template import render_prompt
@@ -91,7 +99,7 @@ def generate(
 
 @app.command()
 def chat(
-    model: ModelOption = DEFAULT_MODEL,
+    model: ModelOption = ONNX_MODEL,
     system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
     temperature: Temperature = None,
     top_k: TopK = None,
@@ -117,7 +125,7 @@ def chat(
 
 @app.command()
 def serve(
-    model: ModelOption = DEFAULT_MODEL,
+    model: ModelOption = ONNX_MODEL,
     host: Annotated[
         str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")
     ] = "127.0.0.1",
@@ -142,7 +150,7 @@ def serve(
             help="Seconds a client may take to send a request's head, and then its body; "
             "slower connections are closed (a slow client cannot hold a socket forever).",
         ),
-    ] = 10.0,
+    ] = READ_TIMEOUT,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Serve the model: OpenAI-compatible HTTP API under /v1 and a chat page at /."""
@@ -169,14 +177,12 @@ def serve(
 
 @app.command("export-hf")
 def export_hf(
-    model: Annotated[Path, typer.Option("--model", help="A training checkpoint.")] = Path(
-        "models/chat"
-    ),
-    tokenizer: Annotated[Path, typer.Option("--tokenizer")] = Path("models/tokenizer"),
-    out: Annotated[Path, typer.Option("--out")] = Path("models/hf"),
+    model: Annotated[Path, typer.Option("--model", help="A training checkpoint.")] = CHAT_MODEL,
+    tokenizer: Annotated[Path, typer.Option("--tokenizer")] = TOKENIZER_DIR,
+    out: Annotated[Path, typer.Option("--out")] = HF_DIR,
     reports: Annotated[
         Path, typer.Option("--reports", help="metrics.json, export.json for the model card.")
-    ] = Path("reports"),
+    ] = REPORTS,
     base: Annotated[
         Path,
         typer.Option(
@@ -184,7 +190,7 @@ def export_hf(
             help="The base model a LoRA adapter in --model was trained on; exported as "
             "OUT-base/ beside the adapter as OUT-lora/ (PEFT). Unused without an adapter.",
         ),
-    ] = Path("models/base"),
+    ] = BASE_MODEL,
 ) -> None:
     """Write a Hugging Face folder (Llama config, safetensors, tokenizer, model card); for a
     LoRA fine-tune also the base model and the adapter as a PEFT folder."""
@@ -214,7 +220,7 @@ def export_hf(
 @app.command()
 def push(
     repo_id: Annotated[str, typer.Option("--repo-id", help="USER/NAME on the Hub.")],
-    folder: Annotated[Path, typer.Option("--folder")] = Path("models/hf"),
+    folder: Annotated[Path, typer.Option("--folder")] = HF_DIR,
     private: Annotated[bool, typer.Option("--private", help="Create a private repo.")] = False,
 ) -> None:
     """Upload the `export-hf` folder to the Hugging Face Hub (token: HF_TOKEN or hf auth login)."""
@@ -306,16 +312,15 @@ def _export_checkpoint(folder: Path) -> Path:
 
     from bardlet.config import load_params
     from bardlet.export import write_model_folder
-    from bardlet.tokenizer import Tokenizer
+    from bardlet.tokenizer import load_tokenizer
     from bardlet.training import checkpoint
 
     params = load_params()
     network, info = checkpoint.load(folder)
-    tokenizer_dir = Path("models/tokenizer")  # what `dvc repro tokenizer` writes
-    tokenizer = Tokenizer.load(tokenizer_dir / "bpe.json")
+    tokenizer = load_tokenizer(TOKENIZER_DIR)  # what `dvc repro tokenizer` writes
     if tokenizer.hash != info.get("tokenizer_hash"):
         raise ValueError(
-            f"{tokenizer_dir} is not the tokenizer {folder} was trained with: "
+            f"{TOKENIZER_DIR} is not the tokenizer {folder} was trained with: "
             "run from the project that trained it (`dvc repro tokenizer` restores it)"
         )
     out = Path(tempfile.mkdtemp(prefix="bardlet-onnx-"))

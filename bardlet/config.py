@@ -7,11 +7,13 @@ key (`model.n_embd`) and what is allowed, instead of a crash twenty minutes into
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -22,6 +24,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from bardlet.defaults import UserError
 
 PARAMS_FILE = Path("params.yaml")
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
@@ -270,7 +274,31 @@ class ChatParams(Section):
         return self
 
 
+# Pretrained checkpoints (GPT-2 or Llama Hugging Face folders) live under this folder: the
+# tokenizer and pretrain stages depend on it. A Hub repo id is downloaded into HUB_DOWNLOADS.
+PRETRAINED = "data/pretrained"
+HUB_DOWNLOADS = f"{PRETRAINED}/hub"
+HUB_ID = r"^[A-Za-z0-9][\w.-]*/[\w.-]+@[\w.-]+$"  # owner/name@revision
+
+
+def _check_init(value: str) -> str:
+    parts = Path(value).parts
+    if value == "scratch" or re.match(HUB_ID, value):
+        return value
+    inside = parts[:2] == tuple(PRETRAINED.split("/")) and len(parts) > 2 and ".." not in parts
+    if inside and "@" not in value:
+        return value
+    raise ValueError(
+        f"init must be scratch, a folder inside {PRETRAINED}/ (copy or link the Hugging Face "
+        "folder there), or a Hub repo id pinned to a revision, like openai-community/gpt2@"
+        "607a30d783dfa663caf39e06633721c8d4cfcd7e"
+    )
+
+
 class Params(Section):
+    # scratch: train our tokenizer and pretrain a GPT; else start from a pretrained GPT-2 or
+    # Llama: a folder under data/pretrained/, or "owner/name@revision" from the Hub.
+    init: Annotated[str, AfterValidator(_check_init)]
     download: DownloadParams
     prepare: PrepareParams
     tokenizer: TokenizerParams
@@ -283,7 +311,7 @@ class Params(Section):
     chat: ChatParams
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """params.yaml is missing, unreadable or invalid; the message names every bad key."""
 
 
@@ -318,3 +346,14 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as error:
         raise ParamsError(f"{path} is not valid YAML: {error}") from None
     return validate_params(raw, str(path))
+
+
+def init_folder(init: str) -> Path | None:
+    """Where the pretrained model of `init` is (None: scratch). A Hub id's folder is named
+    owner--name@revision under data/pretrained/hub/; the download stage fills it."""
+    if init == "scratch":
+        return None
+    if "@" in init:
+        repo, revision = init.split("@")
+        return Path(HUB_DOWNLOADS) / f"{repo.replace('/', '--')}@{revision}"
+    return Path(init)

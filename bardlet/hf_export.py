@@ -79,6 +79,12 @@ def export_hf(
     from bardlet.training import checkpoint
 
     model, info = checkpoint.load(model_dir)
+    if "init" in info or not (tokenizer_dir / "bpe.json").is_file():
+        raise ValueError(
+            f"{model_dir} started from a pretrained model ({info.get('init', 'its own tokenizer')})"
+            ": export-hf writes bardlet's own Llama-shaped models; a fine-tuned checkpoint of "
+            "another design is not supported yet (its ONNX export in models/onnx is)"
+        )
     tokenizer = Tokenizer.load(tokenizer_dir / "bpe.json")
     trained_with = info.get("tokenizer_hash")
     if trained_with is not None and trained_with != tokenizer.hash:

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bardlet.defaults import UserError
+
 # One (key, value) pair per layer, each shaped (batch, n_head, time, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -303,19 +305,23 @@ class GPT(nn.Module):
         self.config.vocab_size = vocab_size
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> GPT:
+    def from_pretrained(cls, folder: str | Path, block_size: int | None = None) -> GPT:
         """A Hugging Face `GPT2LMHeadModel` or `LlamaForCausalLM` folder (config.json and
         safetensors, or pytorch_model.bin read with torch's weights-only loader, which never
-        unpickles arbitrary objects) as a GPT with the same logits."""
+        unpickles arbitrary objects) as a GPT with the same logits. `block_size` caps the
+        context (a laptop need not train at the checkpoint's 2,048 or 8,192 positions)."""
         folder = Path(folder)
-        hf = read_hf_config(folder)
-        config = config_from_hf(hf, folder)
+        config = config_from_hf(read_hf_config(folder), folder)
+        if block_size is not None and block_size < config.block_size:
+            config.block_size = block_size  # GPT-2 keeps its first block_size positions
         model = cls(config)
         rename = gpt2_names if config.positions == "learned" else llama_names
         try:
             ours = rename(config, read_hf_weights(folder))
         except KeyError as error:
             raise PretrainedError(f"{folder}: the weights lack {error}") from None
+        if "pos_emb.weight" in ours:
+            ours["pos_emb.weight"] = ours["pos_emb.weight"][: config.block_size]
         expected = model.state_dict()
         if config.tie_embeddings:
             ours.pop("lm_head.weight", None)  # the same tensor as the embedding
@@ -336,7 +342,7 @@ class GPT(nn.Module):
 # ---------------------------------------------------------------- Hugging Face checkpoints
 
 
-class PretrainedError(ValueError):
+class PretrainedError(UserError, ValueError):
     """A Hugging Face folder bardlet cannot load; the message says why and what to do."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from bardlet.defaults import CHAT_MODEL, ONNX_MODEL, PLOTS, REPORTS, TOKENIZER
 from bardlet.files import output, sha256_json, write_bytes_atomic
 from bardlet.markdown import fenced, fmt, fmt_bytes, table
 
@@ -64,14 +65,14 @@ class ReportPaths:
     @classmethod
     def under(cls, root: Path, out: Path | None = None) -> ReportPaths:
         """The pipeline's layout below a project folder; figures/ and local/ go beside `out`."""
-        reports, models = root / "reports", root / "models"
+        reports = root / REPORTS
         out = out if out is not None else reports / "report.md"
         return cls(
             reports=reports,
-            plots=reports / "plots",
-            tokenizer=models / "tokenizer/bpe.json",
-            chat_model=models / "chat",
-            onnx_model=models / "onnx/model.onnx",
+            plots=root / PLOTS,
+            tokenizer=root / TOKENIZER,
+            chat_model=root / CHAT_MODEL,
+            onnx_model=root / ONNX_MODEL,
             params=root / "params.yaml",
             out=out,
             figures=out.parent / "figures",
@@ -386,18 +387,17 @@ def prepared_table(prepared: Json) -> str:
 
 @section("Tokenizer")
 def tokenizer_section(r: Inputs) -> Parts:
-    from bardlet.tokenizer import Tokenizer
+    from bardlet.tokenizer import Tokenizer, load_tokenizer
 
-    if not r.paths.tokenizer.exists():
+    if not r.paths.tokenizer.parent.is_dir():  # bpe.json, or a pretrained tokenizer.json
         return [missing("tokenizer", "models/tokenizer: `dvc repro tokenizer`")]
-    tok = Tokenizer.load(r.paths.tokenizer)
+    tok = load_tokenizer(r.paths.tokenizer.parent)
     ratios = [f"{name} {fmt(s.get('bytes_per_token'))}" for name, s in r.splits.items()]
-    specials = ", ".join(f"`{name}`" for name in tok.special_tokens)
-    parts: Parts = [
-        f"Byte-level BPE: {fmt(tok.vocab_size)} tokens = 256 bytes + {fmt(len(tok.merges))} "
-        f"merges + {len(tok.special_tokens)} special tokens ({specials}). "
-        f"Hash `{tok.hash[:16]}`.\n\nBytes per token: {'; '.join(ratios) or NA}."
-    ]
+    count = f"{len(tok.special_tokens)} special tokens ({', '.join(f'`{t}`' for t in tok.special_tokens)})"
+    what = f"The pretrained model's tokenizer.json: {fmt(tok.vocab_size)} tokens, {count}"
+    if isinstance(tok, Tokenizer):
+        what = f"Byte-level BPE: {fmt(tok.vocab_size)} tokens = 256 bytes + {fmt(len(tok.merges))} merges + {count}"
+    parts = [f"{what}. Hash `{tok.hash[:16]}`.\n\nBytes per token: {'; '.join(ratios) or NA}."]
     for text in SAMPLE_TEXTS:  # how a line splits, piece by piece, with the ids
         ids = tok.encode(text)
         pieces = [tok.token_bytes(i).decode("utf-8", errors="backslashreplace") for i in ids]

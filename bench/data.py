@@ -3,55 +3,22 @@
     PYTHONPATH=. python bench/data.py --json bench/results/data.json   # 20, 200 MB: ~17 min
     PYTHONPATH=. python bench/data.py --quick                          # 1, 10 MB: < 1 min
 
-The corpus: the bench makes it from the data at hand ($BARDLET_DATA_MIRROR or ../shared/data):
-the paragraphs of Tiny Shakespeare (text between blank lines) and the text of every OASST1
-English validation message, about 2.2 MB in 9,244 pieces. It writes them one pass after another,
-each pass in its own order (random.Random(pass number).shuffle: deterministic, and no two passes
-alike), joined by blank lines, until the file holds the size asked for (20 MB, 200 MB). So the
-words repeat (a cache of encoded chunks stays warm, as on any one-topic corpus), but the text does
-not repeat verbatim pass after pass. The file is `data/own/corpus.txt` of a temporary project
-folder whose params.yaml is the repo's with `prepare.corpus: [{path: data/own/corpus.txt, name:
-own}]` (`prepare.chats` stays OASST1: its raw file is linked in).
-
-Each step runs in its own subprocess with the project folder as working directory, so its peak
-RSS (VmHWM: the process's own, not ru_maxrss, which Linux carries over fork + exec) is the
-step's own. Per size, in this order:
-
-1. prepare: `stages/prepare.py` main(): the corpus split 90/10 into data/prepared (streamed),
-   and the OASST1 conversations (the same small work at every size).
-2. tokenizer: `stages/tokenizer.py` main() (an even sample of `tokenizer.sample_chars`
-   characters of the training text, BPE training to vocab 4096, bpe.json + tokenizer.json)
-   vs Hugging Face `tokenizers`: the same sample (the stage's own `training_texts`, timed in
-   both), `BpeTrainer` with the same vocab size and special tokens and our pre-tokenizer (the
-   GPT-4 split pattern, then ByteLevel bytes), saved as tokenizer.json.
-3. shard: `stages/shard.py` main(): pretrain shards from the corpus, sft shards from the chats,
-   and the data report (polars). Beside it, the pretrain part alone, two ways, with the same
-   paragraphs (`paragraphs`, batches of the stage's ENCODE_BATCH) and the same Parquet writer
-   (`write_split`, params.yaml `shard`): bardlet's `encode_batch` (the stage's `text_rows`)
-   vs HF `encode_batch` of the tokenizer.json the tokenizer stage exported (same ids: the
-   bench checks the two write byte-identical shards). HF encodes on every core, bardlet on one.
-4. load: what pretraining does with the data: `read_tokens` of pretrain/train, a
-   `TokenWindows` as stages/pretrain.py builds it (params.yaml `pretrain` batch size and
-   `model` block size), and one epoch of its batches: ceil(tokens / (batch x block)) steps.
-
-Columns: wall s = the whole subprocess, Python start-up and imports included (what a user
-waits for a stage); work s = the step's work alone; MB/s = corpus MB / wall s (MB = 10^6
-bytes); peak RSS in MB. Each step runs `--rounds` times (peers alternate: ours, peer, ours,
-peer); times are medians, RSS the largest. The linearity table divides the big size's time by
-the small size's (10x the data: linear is about 10x; the tokenizer's training is bounded by
-sample_chars, so only its sampling grows). The corpus files sit in the page cache (just written).
+The corpus: Tiny Shakespeare's paragraphs and the OASST1 English validation messages, written
+pass after pass, each pass shuffled with its own seed (the words repeat, the text does not), up
+to the size asked for, as `data/own/corpus.txt` of a temporary project whose params.yaml says
+`prepare.corpus: [{path: data/own/corpus.txt, name: own}]`. Each step of STEPS runs there in its
+own process: wall s is the whole process, work s the step alone, peak RSS the process's own.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import json
 import os
 import platform
 import random
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,14 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import common  # bench/common.py: this script's folder is on sys.path
+import hf_bpe
 import yaml
-from common import REPO, data_dir  # bench/common.py: this script's folder is on sys.path
-
-from bardlet.markdown import table
 
 MB = 1_000_000
-SIZES_MB = (20, 200)
-QUICK_SIZES_MB = (1, 10)
+SIZES_MB, QUICK_SIZES_MB = (20, 200), (1, 10)
 RSS_LIMIT_MB = 1000
 OWN_CORPUS = "data/own/corpus.txt"
 OASST_RAW = "oasst1/en-validation.jsonl"
@@ -83,53 +48,40 @@ STEPS = [
 ]
 
 
-# ---------------------------------------------------------------- the corpus
-
-
 def source_pieces(raw: Path) -> list[bytes]:
     """Tiny Shakespeare's paragraphs and the OASST1 messages' text, each ending in a blank line."""
-    shakespeare = (raw / "tinyshakespeare/input.txt").read_text(encoding="utf-8")
-    texts = re.split(r"\n\s*\n", shakespeare)
-    with open(raw / OASST_RAW, encoding="utf-8") as f:
-        texts += [json.loads(line)["text"] for line in f if line.strip()]
+    texts = re.split(r"\n\s*\n", hf_bpe.read_texts(raw / "tinyshakespeare/input.txt")[0])
+    texts += hf_bpe.read_texts(raw / OASST_RAW)
     return [(text.strip() + "\n\n").encode("utf-8") for text in texts if text.strip()]
 
 
-def make_corpus(path: Path, size: int, pieces: list[bytes]) -> dict[str, Any]:
-    """Write pass after pass of `pieces`, each pass shuffled with its own seed, up to `size`
-    bytes (the piece that reaches it is the last)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def make_project(folder: Path, size_mb: int, pieces: list[bytes], raw: Path) -> dict[str, Any]:
+    """A project folder the stages run in: the corpus (`pieces` pass after pass, each pass
+    shuffled with its own seed, up to `size_mb`), params.yaml and the OASST1 raw file."""
+    from bardlet.config import load_params
+
+    start = time.perf_counter()
+    (folder / OWN_CORPUS).parent.mkdir(parents=True)
     written = passes = 0
-    with open(path, "wb") as f:
-        while written < size:
+    with open(folder / OWN_CORPUS, "wb") as f:
+        while written < size_mb * MB:
             order = list(pieces)
             random.Random(passes).shuffle(order)
             passes += 1
             for piece in order:
                 f.write(piece)
                 written += len(piece)
-                if written >= size:
+                if written >= size_mb * MB:
                     break
-    return {"bytes": written, "passes": passes, "pieces_per_pass": len(pieces)}
-
-
-def make_project(folder: Path, size_mb: int, pieces: list[bytes], raw: Path) -> dict[str, Any]:
-    """A project folder the stages run in: params.yaml, the corpus, the OASST1 raw file."""
-    from bardlet.config import load_params
-
-    start = time.perf_counter()
-    corpus = make_corpus(folder / OWN_CORPUS, size_mb * MB, pieces)
+    corpus = {"bytes": written, "passes": passes, "pieces_per_pass": len(pieces)}
     corpus["make_s"] = time.perf_counter() - start
     (folder / "data/raw" / OASST_RAW).parent.mkdir(parents=True)
     (folder / "data/raw" / OASST_RAW).symlink_to(raw / OASST_RAW)
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params = yaml.safe_load((common.REPO / "params.yaml").read_text(encoding="utf-8"))
     params["prepare"]["corpus"] = [{"path": OWN_CORPUS, "name": "own"}]
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     load_params(folder / "params.yaml")  # fails here, not in a worker, if it does not validate
     return corpus
-
-
-# ---------------------------------------------------------------- worker side (one subprocess)
 
 
 class Clock:
@@ -145,25 +97,22 @@ class Clock:
         self.seconds = time.perf_counter() - self.start
 
 
-def prepare(clock: Clock) -> dict[str, Any]:
-    from stages.prepare import main
-
+def stage(clock: Clock, name: str) -> dict[str, Any]:
+    """`stages/<name>.py` main(), as dvc runs it."""
+    main = importlib.import_module(f"stages.{name}").main
     with clock:
         main()
-    return {}
+    if name != "shard":
+        return {}
+    from stages.paths import SHARDS
 
-
-def tokenizer(clock: Clock) -> dict[str, Any]:
-    from stages.tokenizer import main
-
-    with clock:
-        main()
-    return {}
+    manifest = json.loads((SHARDS / "pretrain/train/manifest.json").read_text(encoding="utf-8"))
+    return {"train_tokens": manifest["tokens"], "train_rows": manifest["rows"]}
 
 
 def tokenizer_hf(clock: Clock) -> dict[str, Any]:
-    from tokenizers import Regex, models, pre_tokenizers, trainers
-    from tokenizers import Tokenizer as HFTokenizer
+    """HF `BpeTrainer` on the tokenizer stage's own sample (`training_texts`, timed in both)."""
+    import tokenizers  # noqa: F401  (outside the clock, as every worker's imports)
 
     from bardlet.config import load_params
     from bardlet.tokenizer import GPT4_PATTERN
@@ -174,36 +123,13 @@ def tokenizer_hf(clock: Clock) -> dict[str, Any]:
         start = time.perf_counter()
         texts = training_texts(params.sample_chars)
         sample_s = time.perf_counter() - start
-        hf = HFTokenizer(models.BPE())
-        hf.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(GPT4_PATTERN), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-        trainer = trainers.BpeTrainer(
-            vocab_size=params.vocab_size,
-            show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            special_tokens=params.special_tokens,
-        )
-        hf.train_from_iterator(texts, trainer)
+        hf = hf_bpe.train(texts, params.vocab_size, GPT4_PATTERN, params.special_tokens)
         hf.save("hf-tokenizer.json")
     return {"sample_s": sample_s, "sample_chars": sum(map(len, texts))}
 
 
-def shard(clock: Clock) -> dict[str, Any]:
-    from stages.paths import SHARDS
-    from stages.shard import main
-
-    with clock:
-        main()
-    manifest = json.loads((SHARDS / "pretrain/train/manifest.json").read_text(encoding="utf-8"))
-    return {"train_tokens": manifest["tokens"], "train_rows": manifest["rows"]}
-
-
 def write_pretrain(clock: Clock, out: Path, make_rows: Callable[[str], Any]) -> dict[str, Any]:
-    """Both pretrain splits through `write_split`, rows from `make_rows(split)`."""
+    """Both pretrain splits through the shard stage's `write_split`, rows from `make_rows(split)`."""
     from bardlet.config import load_params
     from bardlet.data.shards import write_split
     from bardlet.tokenizer import Tokenizer
@@ -227,6 +153,7 @@ def write_pretrain(clock: Clock, out: Path, make_rows: Callable[[str], Any]) -> 
 
 
 def shard_pretrain(clock: Clock) -> dict[str, Any]:
+    """The shard stage's pretrain part alone: its `text_rows` (bardlet's encode_batch)."""
     from bardlet.tokenizer import Tokenizer
     from stages.paths import TOKENIZER
     from stages.shard import text_rows
@@ -236,7 +163,8 @@ def shard_pretrain(clock: Clock) -> dict[str, Any]:
 
 
 def shard_pretrain_hf(clock: Clock) -> dict[str, Any]:
-    """The stage's `text_rows`, with HF's encode_batch in place of ours."""
+    """The stage's `text_rows` with HF's encode_batch of the stage's tokenizer.json (HF encodes
+    on every core, bardlet on one)."""
     from itertools import islice
 
     import numpy as np
@@ -264,7 +192,8 @@ def shard_pretrain_hf(clock: Clock) -> dict[str, Any]:
 
 
 def load(clock: Clock) -> dict[str, Any]:
-    """read_tokens + TokenWindows as stages/pretrain.py builds them, then one epoch of batches."""
+    """read_tokens + TokenWindows as stages/pretrain.py builds them, then one epoch of batches:
+    ceil(tokens / (batch x block)) steps."""
     from bardlet.config import load_params
     from bardlet.data.loaders import TokenWindows
     from bardlet.data.shards import read_tokens
@@ -288,106 +217,79 @@ def load(clock: Clock) -> dict[str, Any]:
     return {"read_s": read_s, "train_tokens": len(tokens), "batches": steps}
 
 
-WORKERS: dict[str, Callable[[Clock], dict[str, Any]]] = {
-    f.__name__: f
-    for f in (prepare, tokenizer, tokenizer_hf, shard, shard_pretrain, shard_pretrain_hf, load)
-}
+def worker(job: dict[str, Any]) -> dict[str, Any]:
+    """One step, in this process, in the project folder."""
+    clock, name = Clock(), job["step"]
+    workers = {"tokenizer_hf": tokenizer_hf, "shard_pretrain": shard_pretrain}
+    workers |= {"shard_pretrain_hf": shard_pretrain_hf, "load": load}
+    extra = workers[name](clock) if name in workers else stage(clock, name)
+    return {"work_s": clock.seconds, "peak_rss_mb": common.peak_rss_bytes() / MB, **extra}
 
 
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory (VmHWM), in MB (10^6 bytes)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / MB
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB  # Linux: KiB
-
-
-def worker(name: str, out: Path) -> None:
-    clock = Clock()
-    extra = WORKERS[name](clock)
-    result = {"work_s": clock.seconds, "peak_rss_mb": peak_rss_mb(), **extra}
-    out.write_text(json.dumps(result), encoding="utf-8")
-
-
-# ---------------------------------------------------------------- parent side
-
-
-def run_worker(name: str, project: Path) -> dict[str, Any]:
-    """One step in a fresh subprocess, in the project folder; its wall time and its report."""
-    out, log = project / f"result-{name}.json", project / "bench.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--out", str(out)]
+def run_step(name: str, project: Path) -> dict[str, Any]:
+    """One step in a fresh process, in the project folder; its wall time and its report."""
     start = time.perf_counter()
-    with open(log, "a", encoding="utf-8") as f:
-        f.write(f"\n==== {name}\n")
-        f.flush()
-        done = subprocess.run(command, cwd=project, env=env, stdout=f, stderr=subprocess.STDOUT)
+    result = common.run_worker(
+        __file__, {"step": name}, env={"PYTHONDONTWRITEBYTECODE": "1"}, cwd=project
+    )
     wall = time.perf_counter() - start
-    if done.returncode:
-        tail = "".join(log.read_text(encoding="utf-8").splitlines(True)[-30:])
-        sys.exit(f"{name} failed (exit {done.returncode}) in {project}:\n{tail}")
-    return {"wall_s": wall, **json.loads(out.read_text(encoding="utf-8"))}
+    if "error" in result:
+        sys.exit(f"{name} failed in {project}: {result['error']}")
+    return {"wall_s": wall, **result}
 
 
 def same_shards(project: Path) -> dict[str, bool]:
     """Whether the three pretrain writers wrote the same files (sha256 of every shard)."""
 
     def hashes(folder: Path) -> list[list[str]]:
-        return [
-            [
-                f["sha256"]
-                for f in json.loads((folder / split / "manifest.json").read_text())["files"]
-            ]
-            for split in ("train", "val")
+        manifests = [
+            json.loads((folder / s / "manifest.json").read_text()) for s in ("train", "val")
         ]
+        return [[f["sha256"] for f in manifest["files"]] for manifest in manifests]
 
-    stage = hashes(project / "data/shards/pretrain")
+    bardlet = hashes(project / "shards-bardlet")
     return {
-        "hf_equals_bardlet": hashes(project / "shards-hf") == hashes(project / "shards-bardlet"),
-        "bardlet_equals_stage": hashes(project / "shards-bardlet") == stage,
+        "hf_equals_bardlet": hashes(project / "shards-hf") == bardlet,
+        "bardlet_equals_stage": bardlet == hashes(project / "data/shards/pretrain"),
     }
 
 
 def bench_size(
     size_mb: int, rounds: int, pieces: list[bytes], raw: Path, root: Path
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every step on a corpus of `size_mb`, `rounds` times (ours, peer, ours, peer)."""
     project = root / f"{size_mb}mb"
     corpus = make_project(project, size_mb, pieces, raw)
     corpus_mb = corpus["bytes"] / MB
     print(
         f"{size_mb} MB corpus: {corpus['passes']} passes, {corpus['make_s']:.1f} s", file=sys.stderr
     )
-    rows = []
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for _, _, name in STEPS}
     for step in dict.fromkeys(s for s, _, _ in STEPS):
-        implementations = [(impl, name) for s, impl, name in STEPS if s == step]
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for _, name in implementations}
         for round_number in range(rounds):
-            for impl, name in implementations:
-                result = run_worker(name, project)
+            for impl, name in [(impl, name) for s, impl, name in STEPS if s == step]:
+                result = run_step(name, project)
                 runs[name].append(result)
                 print(
                     f"{size_mb} MB, round {round_number + 1}/{rounds}: {step}, {impl}: "
                     f"{result['wall_s']:.2f} s, peak RSS {result['peak_rss_mb']:.0f} MB",
                     file=sys.stderr,
                 )
-        for impl, name in implementations:
-            wall_s = statistics.median(r["wall_s"] for r in runs[name])
-            rows.append(
-                {
-                    "size_mb": size_mb,
-                    "corpus_mb": corpus_mb,
-                    "step": step,
-                    "implementation": impl,
-                    "worker": name,
-                    "wall_s": wall_s,
-                    "work_s": statistics.median(r["work_s"] for r in runs[name]),
-                    "mb_per_s": corpus_mb / wall_s,
-                    "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[name]),
-                    "rounds": runs[name],
-                }
-            )
+    rows = [
+        {
+            "size_mb": size_mb,
+            "corpus_mb": corpus_mb,
+            "step": step,
+            "implementation": impl,
+            "worker": name,
+            "wall_s": statistics.median(r["wall_s"] for r in runs[name]),
+            "work_s": statistics.median(r["work_s"] for r in runs[name]),
+            "mb_per_s": corpus_mb / statistics.median(r["wall_s"] for r in runs[name]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[name]),
+            "rounds": runs[name],
+        }
+        for step, impl, name in STEPS
+    ]
     corpus["same_shards"] = same_shards(project)
     return corpus, rows
 
@@ -403,30 +305,13 @@ def note(row: dict[str, Any]) -> str:
     return ""
 
 
-def results_table(rows: list[dict[str, Any]]) -> str:
-    cells = [
-        (
-            f"{r['corpus_mb']:.0f}",
-            r["step"],
-            r["implementation"],
-            f"{r['wall_s']:.2f}",
-            f"{r['work_s']:.2f}",
-            f"{r['mb_per_s']:.2f}",
-            f"{r['peak_rss_mb']:.0f}",
-            note(r),
-        )
-        for r in rows
-    ]
-    header = "corpus MB | step | implementation | wall s | work s | MB/s | peak RSS MB | notes"
-    return table(header, cells, align="rllrrrrl")
-
-
-def linearity(rows: list[dict[str, Any]], small: int, big: int) -> list[dict[str, Any]]:
+def tables(rows: list[dict[str, Any]], small: int, big: int) -> tuple[str, list[dict[str, Any]]]:
+    """The results table, and the linearity table (the big size's times / the small size's)."""
     by_key = {(r["size_mb"], r["worker"]): r for r in rows}
-    found = []
+    ratios = []
     for step, impl, name in STEPS:
         a, b = by_key[(small, name)], by_key[(big, name)]
-        found.append(
+        ratios.append(
             {
                 "step": step,
                 "implementation": impl,
@@ -436,47 +321,37 @@ def linearity(rows: list[dict[str, Any]], small: int, big: int) -> list[dict[str
                 "under_limit": b["peak_rss_mb"] < RSS_LIMIT_MB,
             }
         )
-    return found
-
-
-def linearity_table(found: list[dict[str, Any]], small: int, big: int) -> str:
-    cells = [
-        (
-            f["step"],
-            f["implementation"],
-            f"{f['wall_ratio']:.1f}x",
-            f"{f['work_ratio']:.1f}x",
-            f"{f['peak_rss_mb_big']:.0f}",
-            "yes" if f["under_limit"] else "**no**",
-        )
-        for f in found
+    results = [
+        ("corpus MB", "{corpus_mb:.0f}"),
+        ("step", "{step}"),
+        ("implementation", "{implementation}"),
+        ("wall s", "{wall_s:.2f}"),
+        ("work s", "{work_s:.2f}"),
+        ("MB/s", "{mb_per_s:.2f}"),
+        ("peak RSS MB", "{peak_rss_mb:.0f}"),
+        ("notes", note),
     ]
-    header = (
-        f"step | implementation | wall s {big} / {small} MB | work s {big} / {small} MB"
-        f" | peak RSS MB at {big} MB | under {RSS_LIMIT_MB} MB"
-    )
-    return table(header, cells, align="llr")
+    linearity = [
+        ("step", "{step}"),
+        ("implementation", "{implementation}"),
+        (f"wall s {big} / {small} MB", "{wall_ratio:.1f}x"),
+        (f"work s {big} / {small} MB", "{work_ratio:.1f}x"),
+        (f"peak RSS MB at {big} MB", "{peak_rss_mb_big:.0f}"),
+        (f"under {RSS_LIMIT_MB} MB", lambda f: "yes" if f["under_limit"] else "**no**"),
+    ]
+    text = common.rows_table(rows, results, align="rllrrrrl") + "\n\n"
+    return text + common.rows_table(ratios, linearity, align="llr"), ratios
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="1 MB and 10 MB, one round (under a minute)"
-    )
+    parser = common.parser(__doc__, "1 MB and 10 MB, one round (under a minute)")
     parser.add_argument("--rounds", type=int, help="runs of each step (default 2; quick 1)")
     parser.add_argument("--sizes", help="corpus sizes in MB, small,big (default 20,200)")
-    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(args.worker, args.out)
-        return
-
+    args = common.parse(parser, worker)
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else None
     small, big = sizes or (QUICK_SIZES_MB if args.quick else SIZES_MB)
     rounds = args.rounds or (1 if args.quick else 2)
-    raw = data_dir()
+    raw = common.data_dir()
     pieces = source_pieces(raw)
     load_before = os.getloadavg()
     start = time.perf_counter()
@@ -487,9 +362,7 @@ def main() -> None:
             corpora[f"{size_mb}mb"], found = bench_size(size_mb, rounds, pieces, raw, Path(tmp))
             rows += found
     total_s = time.perf_counter() - start
-    ratios = linearity(rows, small, big)
-    text = results_table(rows) + "\n\n" + linearity_table(ratios, small, big)
-
+    text, ratios = tables(rows, small, big)
     import tokenizers
 
     env = {
@@ -511,19 +384,8 @@ def main() -> None:
     )
     for name, corpus in corpora.items():
         print(f"{name}: {corpus}")
-    if args.json:
-        command = "PYTHONPATH=. python bench/data.py " + " ".join(sys.argv[1:])
-        result = {
-            "command": command,
-            "environment": env,
-            "corpora": corpora,
-            "results": rows,
-            "linearity": ratios,
-            "table": text,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}", file=sys.stderr)
+    result = {"command": common.command(), "environment": env, "corpora": corpora}
+    common.save(args.json, result | {"results": rows, "linearity": ratios, "table": text})
 
 
 if __name__ == "__main__":

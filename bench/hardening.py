@@ -3,17 +3,13 @@
     .venv/bin/python bench/hardening.py --json bench/results/hardening.json
     .venv/bin/python bench/hardening.py --quick
 
-`bardlet serve` (a subprocess, on loopback) with models/onnx/model.onnx (or --model):
-1. One chat request of 8,000 short messages (about 290 KB) with `truncation: "auto"`, while
-   another client polls /health: the request's time, and the slowest /health answer during it.
-2. 300 connections that send half a request head and then nothing (a "slowloris"): how long
-   until the server has closed all of them (its --read-timeout is set to 2 s here), and
-   whether /health still answers while they are open.
+`bardlet serve` on loopback: one request of 8,000 messages with `truncation: "auto"` while
+/health is polled; then 300 connections that send half a request head and stop (slowloris,
+--read-timeout 2 s): when the server has closed them all, and whether /health still answers.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import statistics
@@ -23,13 +19,13 @@ import threading
 import time
 from pathlib import Path
 
+import common  # bench/common.py: this script's folder is on sys.path
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from conftest_server import Server  # noqa: E402
+from bardlet.markdown import table
 
-from bardlet.markdown import table  # noqa: E402
+sys.path.insert(0, str(common.REPO / "tests"))
+from conftest_server import Server  # noqa: E402  (`bardlet serve` in a subprocess, as the tests run it)
 
 
 def huge_conversation(url: str, messages: int) -> dict[str, float]:
@@ -89,11 +85,9 @@ def slow_clients(url: str, port: int, count: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=REPO / "models/onnx/model.onnx")
-    parser.add_argument("--quick", action="store_true", help="2,000 messages, 50 connections")
-    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    args = parser.parse_args()
+    parser = common.parser(__doc__, "2,000 messages, 50 connections")
+    parser.add_argument("--model", type=Path, default=common.REPO / "models/onnx/model.onnx")
+    args = common.parse(parser)
     messages, connections = (2_000, 50) if args.quick else (8_000, 300)
     log = Path(tempfile.mkdtemp(prefix="bardlet-hardening-")) / "server.log"
     server = Server(args.model, "--read-timeout", "2", threads=1, log=log)
@@ -118,8 +112,7 @@ def main() -> None:
         ("/health answered while they were open", "yes" if slow["health_ok_meanwhile"] else "no"),
     ]
     print(table(("what", "measured"), rows))
-    if args.json:
-        args.json.write_text(json.dumps({"huge": huge, "slow": slow}, indent=2) + "\n")
+    common.save(args.json, {"huge": huge, "slow": slow})
 
 
 if __name__ == "__main__":

@@ -1,36 +1,29 @@
-"""What pinning the CPU kernels to AVX2 (stages/__init__.py) costs: the default training step
-and its validation pass, timed with the pins and without (BARDLET_NATIVE_KERNELS=1).
+"""What pinning the CPU kernels to AVX2 (stages/__init__.py) costs: the default training step,
+timed with the pins and without (BARDLET_NATIVE_KERNELS=1).
 
     .venv/bin/python bench/kernels.py --json bench/results/kernels.json   # about 5 minutes
     .venv/bin/python bench/kernels.py --quick                              # under a minute
 
-Each setting runs in its own subprocess (the kernels are chosen when torch starts), one per
-round, rounds alternating which goes first; ms/step is the median of a round's steps, and
-the table shows the lowest round median (the least disturbed) and every round in the JSON.
-It also prints the training loss after the timed steps: equal losses mean the two kernel
-sets computed the same numbers on this machine.
+Each setting runs in its own process (torch picks its kernels when it starts), once per round;
+ms/step is the lowest round median. Equal losses after the steps mean both computed the same.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
-from bardlet.markdown import table
+import common  # bench/common.py: this script's folder is on sys.path
 
-REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {"pinned to AVX2": {}, "native": {"BARDLET_NATIVE_KERNELS": "1"}}
+# "0": pinned even where the caller's environment says otherwise.
+SETTINGS = {"pinned to AVX2": "0", "native": "1"}
 
 
-def worker(steps: int, threads: int) -> None:
-    """One setting, in a fresh process: time `steps` training steps of the default model."""
+def worker(job: dict[str, Any]) -> dict[str, Any]:
+    """One setting: time `steps` training steps of the default model (after 3 warm-up steps)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -40,8 +33,8 @@ def worker(steps: int, threads: int) -> None:
     from bardlet.model import GPT, GPTConfig
     from bardlet.training.loop import make_optimizer
 
-    torch.set_num_threads(threads)
-    params = load_params(REPO / "params.yaml")
+    torch.set_num_threads(job["threads"])
+    params = load_params(common.REPO / "params.yaml")
     settings = params.pretrain
     config = GPTConfig(vocab_size=params.tokenizer.vocab_size, **params.model.model_dump())
     torch.manual_seed(0)
@@ -52,7 +45,7 @@ def worker(steps: int, threads: int) -> None:
     batch = torch.from_numpy(rng.integers(0, config.vocab_size, size=shape))
     x, y = batch[:, :-1], batch[:, 1:]
     timings, loss = [], 0.0
-    for step in range(steps + 3):  # 3 warm-up steps
+    for step in range(job["steps"] + 3):  # 3 warm-up steps
         started = time.perf_counter()
         logits, _, _ = model(x)
         loss_t = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -63,82 +56,57 @@ def worker(steps: int, threads: int) -> None:
         loss = float(loss_t)
         if step >= 3:
             timings.append(time.perf_counter() - started)
-    print(
-        json.dumps(
-            {
-                "capability": torch.backends.cpu.get_cpu_capability(),
-                "ms_per_step": 1000 * statistics.median(timings),
-                "loss": loss,
-            }
-        )
-    )
-
-
-def run_setting(name: str, steps: int, threads: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "BARDLET_NATIVE_KERNELS"}
-    env.update(SETTINGS[name], PYTHONPATH=str(REPO))
-    done = subprocess.run(
-        [sys.executable, __file__, "--worker", str(steps), "--threads", str(threads)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=1800,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def markdown(rows: list[dict]) -> str:
-    native = {r["threads"]: r["ms_per_step"] for r in rows if r["kernels"] == "native"}
-    cells = [
-        (
-            str(r["threads"]),
-            r["kernels"],
-            r["capability"],
-            f"{r['ms_per_step']:.1f}",
-            f"{r['ms_per_step'] / native[r['threads']]:.2f}x",
-            f"{r['loss']:.6f}",
-        )
-        for r in rows
-    ]
-    header = "threads | kernels | torch capability | ms/step | vs native | loss after the steps"
-    return table(header, cells, align="rllr")
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "ms_per_step": 1000 * statistics.median(timings),
+        "loss": loss,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 10 steps, 1 thread")
-    parser.add_argument("--json", type=Path, help="also write the table as JSON to this file")
+    parser = common.parser(__doc__, "2 rounds of 10 steps, 1 thread")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = 1 and 2)")
-    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker is not None:
-        worker(args.worker, args.threads)
-        return
+    args = common.parse(parser, worker)
     rounds, steps = (2, 10) if args.quick else (5, 30)
     thread_counts = [args.threads] if args.threads else ([1] if args.quick else [1, 2])
-    rows = []
-    for threads in thread_counts:
-        per_round: dict[str, list[dict]] = {name: [] for name in SETTINGS}
-        for r in range(rounds):
-            order = list(SETTINGS) if r % 2 == 0 else list(reversed(SETTINGS))
-            for name in order:
-                per_round[name].append(run_setting(name, steps, threads))
-        for name, results in per_round.items():
-            rows.append(
-                {
-                    "threads": threads,
-                    "kernels": name,
-                    "capability": results[0]["capability"],
-                    "ms_per_step": min(r["ms_per_step"] for r in results),
-                    "rounds_ms": [round(r["ms_per_step"], 2) for r in results],
-                    "loss": results[0]["loss"],
-                }
-            )
+    specs = [(threads, name) for threads in thread_counts for name in SETTINGS]
+
+    def run(spec: tuple[int, str]) -> dict[str, Any]:
+        job, env = (
+            {"steps": steps, "threads": spec[0]},
+            {"BARDLET_NATIVE_KERNELS": SETTINGS[spec[1]]},
+        )
+        result = common.run_worker(__file__, job, 1800, env)
+        if "error" in result:
+            sys.exit(f"{spec[1]}, {spec[0]} threads: {result['error']}")
+        return result
+
+    def status(spec: tuple[int, str], result: dict[str, Any]) -> str:
+        return f"{spec[1]}, {spec[0]} threads: {result['ms_per_step']:.1f} ms/step"
+
+    rows = [
+        {
+            "threads": threads,
+            "kernels": name,
+            "capability": results[0]["capability"],
+            "ms_per_step": min(r["ms_per_step"] for r in results),
+            "rounds_ms": [round(r["ms_per_step"], 2) for r in results],
+            "loss": results[0]["loss"],
+        }
+        for (threads, name), results in common.rounds_of(specs, rounds, run, status)
+    ]
+    native = {r["threads"]: r["ms_per_step"] for r in rows if r["kernels"] == "native"}
+    columns = [
+        ("threads", "{threads}"),
+        ("kernels", "{kernels}"),
+        ("torch capability", "{capability}"),
+        ("ms/step", "{ms_per_step:.1f}"),
+        ("vs native", lambda r: f"{r['ms_per_step'] / native[r['threads']]:.2f}x"),
+        ("loss after the steps", "{loss:.6f}"),
+    ]
     print(f"CPU: {platform.processor() or platform.machine()}, {steps} steps x {rounds} rounds")
-    print(markdown(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    print(common.rows_table(rows, columns, align="rllr"))
+    common.save(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -4,39 +4,13 @@
     .venv/bin/python bench/lora.py --quick          # under a minute: 8 steps, one round
     .venv/bin/python bench/lora.py --root ../other-clone --runs full lora-8
 
-Every run is the sft stage's training: `bardlet.training.loop.train` from the project's
-models/base on its data/shards/sft, with its params.yaml `sft` section (run `make pipeline`
-first; `--root` points at another project folder). Only the `lora` settings and, in the rows
-that say so, the learning rate differ:
-
-- full: every weight trains (`sft.lora.rank: 0`, today's default);
-- lora-4, lora-8, lora-16: adapters of that rank on every linear layer of every block
-  (params.yaml's alpha and targets), the base frozen, the same steps, data and learning rate;
-- lora-8 at 3e-3 and 1e-2: LoRA is usually given a larger learning rate than full
-  fine-tuning (its B starts at zero and the update is scaled by alpha / r).
-
-Measured per run, each in its own process (so peak memory is the run's own):
-- OASST1 val bits per byte of the weights the stage keeps (keep_best; LoRA: merged into the
-  base), scored as the evaluate stage scores models/chat: every assistant token of the val split;
-  and Tiny Shakespeare val bits per byte, what the fine-tune kept of pretraining;
-- trainable parameters (the optimizer's);
-- ms/step: the median time between two training batches (the few steps that also evaluate
-  drop out of the median), the lowest of the rounds' medians;
-- peak RSS (ru_maxrss), and its growth above the set-up (model and data loaded);
-- file size: what a fine-tune adds to store or ship: adapter.safetensors for LoRA, the whole
-  model.safetensors for full fine-tuning.
-
-The machine is shared (other jobs may run beside the benchmark): every run runs once per
-round, rounds in alternating order, and every round's median is in the JSON. The quality
-numbers are seeded and the same in every round. The CPU kernels are pinned as in the stages.
+Each run of RUNS is the sft stage's training with its LoRA rank (and learning rate), in its own
+process: bits per byte as the evaluate stage scores, trainable parameters, ms/step, RSS, file.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -44,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import run_info, run_worker  # bench/common.py: this script's folder is on sys.path
+import common  # bench/common.py: this script's folder is on sys.path
 
-REPO = Path(__file__).resolve().parents[1]
+from bardlet.markdown import fmt_bytes
 
 
 @dataclass(frozen=True)
@@ -66,13 +40,6 @@ RUNS = [
 ]
 
 
-def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-
-
-# ---------------------------------------------------------------- worker side (one subprocess)
-
-
 class TimedBatches:
     """The training batches, with the time each is asked for: one step apart (grad_accum 1)."""
 
@@ -86,6 +53,9 @@ class TimedBatches:
 
 
 def worker(job: dict[str, Any]) -> dict[str, Any]:
+    import stages  # noqa: F401  (before torch: pins the CPU kernels, as every stage does)
+
+    # isort: split
     import numpy as np
     import torch
     from safetensors.torch import save_model
@@ -119,7 +89,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         for split in ("train", "val")
     )
     val_batches = list(val_data.sequential())[: settings.eval_batches]
-    rss_setup = max_rss_mb()
+    rss_setup = common.peak_rss_bytes(inherited=True) / 2**20
 
     if job["rank"]:
         lora.add_adapters(model, lora_settings, settings.seed)
@@ -128,7 +98,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     result = train(model, timed, val_batches, settings, lengths, log=lambda _line: None)
     train_seconds = time.perf_counter() - started
-    rss_peak = max_rss_mb()
+    rss_peak = common.peak_rss_bytes(inherited=True) / 2**20
 
     kept = lora.merge(model) if job["rank"] else model
     with tempfile.TemporaryDirectory() as folder:
@@ -161,25 +131,17 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- driver side
-
-
 def measure_runs(runs: list[Run], rounds: int, base_job: dict[str, Any]) -> list[dict[str, Any]]:
-    results: list[list[dict[str, Any]]] = [[] for _ in runs]
-    for round_ in range(rounds):
-        order = list(range(len(runs)))
-        if round_ % 2:
-            order.reverse()  # alternate the order so no run always goes first or last
-        for index in order:
-            run = runs[index]
-            job = {**base_job, "rank": run.rank, "learning_rate": run.learning_rate}
-            result = run_worker(__file__, job, 1800, {"OMP_NUM_THREADS": str(job["threads"])})
-            results[index].append(result)
-            status = result.get("error") or (
-                f"{result['ms_per_step']:.0f} ms/step, oasst bpb {result['oasst_bpb']:.4f}"
-            )
-            print(f"  round {round_ + 1}: {run.name}: {status}", file=sys.stderr, flush=True)
-    return [pool(run, found) for run, found in zip(runs, results, strict=True)]
+    def run(run: Run) -> dict[str, Any]:
+        job = {**base_job, "rank": run.rank, "learning_rate": run.learning_rate}
+        return common.run_worker(__file__, job, 1800, {"OMP_NUM_THREADS": str(job["threads"])})
+
+    def status(run: Run, r: dict[str, Any]) -> str:
+        return f"{run.name}: " + (
+            r.get("error") or f"{r['ms_per_step']:.0f} ms/step, oasst bpb {r['oasst_bpb']:.4f}"
+        )
+
+    return [pool(run, found) for run, found in common.rounds_of(runs, rounds, run, status)]
 
 
 def pool(run: Run, found: list[dict[str, Any]]) -> dict[str, Any]:
@@ -206,70 +168,64 @@ def pool(run: Run, found: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]], default_lr: float) -> str:
-    from bardlet.markdown import fmt_bytes, table
+    ok = [row for row in rows if "error" not in row]
+    full = next((r for r in ok if r["run"] == "full"), None)
 
-    full = next((r for r in rows if r["run"] == "full" and "error" not in r), None)
-    cells = []
-    for row in rows:
-        lr = row["learning_rate"] or default_lr
-        head = (row["run"], str(row["rank"] or "full"), f"{lr:g}")
-        if "error" in row:
-            cells.append((*head, "", "", "", "", "", "", f"failed: {row['error'][:80]}"))
-            continue
-        delta = (
-            f" ({row['oasst_bpb'] - full['oasst_bpb']:+.3f})" if full and row is not full else ""
-        )
-        rounds = " / ".join(f"{m:.0f}" for m in row["round_medians_ms"])
-        cells.append(
-            (
-                *head,
-                f"{row['oasst_bpb']:.4f}{delta}",
-                f"{row['shakespeare_bpb']:.4f}",
-                f"{row['trainable_params']:,} ({100 * row['trainable_params'] / row['model_params']:.1f}%)",
-                f"{row['ms_per_step']:.0f}",
-                f"{row['rss_peak_mb']:.0f} (+{row['rss_above_setup_mb']:.0f})",
-                fmt_bytes(row["file_bytes"]),
-                f"rounds {rounds}; kept step {row['kept_step']:.0f}",
-            )
-        )
-    header = (
-        "run | rank | lr | OASST1 val bpb (vs full) | Shakespeare val bpb | trainable params"
-        " | ms/step | peak RSS MB (+ above set-up) | file | note"
-    )
-    return table(header, cells, align="lrrrrrrrrl")
+    def oasst(row: dict[str, Any]) -> str:
+        delta = row["oasst_bpb"] - full["oasst_bpb"] if full and row is not full else None
+        return f"{row['oasst_bpb']:.4f}" + (f" ({delta:+.3f})" if delta is not None else "")
+
+    columns = [
+        ("run", "{run}"),
+        ("rank", lambda r: str(r["rank"] or "full")),
+        ("lr", lambda r: f"{r['learning_rate'] or default_lr:g}"),
+        ("OASST1 val bpb (vs full)", oasst),
+        ("Shakespeare val bpb", "{shakespeare_bpb:.4f}"),
+        (
+            "trainable params",
+            lambda r: (
+                f"{r['trainable_params']:,} ({r['trainable_params'] / r['model_params']:.1%})"
+            ),
+        ),
+        ("ms/step", "{ms_per_step:.0f}"),
+        ("peak RSS MB (+ above set-up)", "{rss_peak_mb:.0f} (+{rss_above_setup_mb:.0f})"),
+        ("file", lambda r: fmt_bytes(r["file_bytes"])),
+        (
+            "note",
+            lambda r: (
+                "rounds "
+                + " / ".join(f"{m:.0f}" for m in r["round_medians_ms"])
+                + f"; kept step {r['kept_step']:.0f}"
+            ),
+        ),
+    ]
+    failed = [f"\n{r['run']} failed: {r['error']}" for r in rows if "error" in r]
+    return common.rows_table(ok, columns, align="lrrrrrrrrl") + "".join(failed)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8 steps, one round: under a minute")
-    parser.add_argument("--json", type=Path, help="also write the table as JSON to this file")
-    parser.add_argument("--root", type=Path, default=REPO, help="the project whose data to use")
+    parser = common.parser(__doc__, "8 steps, one round: under a minute")
+    parser.add_argument(
+        "--root", type=Path, default=common.REPO, help="the project whose data to use"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--rounds", type=int, help="default 2 (quick: 1)")
     parser.add_argument("--runs", nargs="+", choices=[r.name for r in RUNS], help="a subset")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        import stages  # noqa: F401  (before torch: pins the CPU kernels, as every stage does)
-
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
+    args = common.parse(parser, worker)
 
     from bardlet.config import load_params
 
     root = args.root.resolve()
-    for needed in ("models/base/model.safetensors", "data/shards/sft/train/manifest.json"):
-        if not (root / needed).exists():
-            sys.exit(f"{root / needed} is missing: run `make pipeline` there first (or --root)")
+    common.require(root, "models/base/model.safetensors", "data/shards/sft/train/manifest.json")
     runs = [r for r in RUNS if not args.runs or r.name in args.runs]
-    if args.quick:
-        runs = [r for r in runs if r.learning_rate is None]
     overrides: dict[str, Any] = {}
     if args.quick:
+        runs = [r for r in runs if r.learning_rate is None]
         overrides = {"max_steps": 8, "warmup_steps": 2, "eval_interval": 4, "eval_batches": 2}
     rounds = args.rounds or (1 if args.quick else 2)
     base_job = {"root": str(root), "threads": args.threads, "overrides": overrides}
-    sft = load_params(root / "params.yaml").sft
+    params = load_params(root / "params.yaml")
+    sft = params.sft
 
     print(f"cpu: {os.cpu_count()} cores, load average {os.getloadavg()}", file=sys.stderr)
     load_before = os.getloadavg()
@@ -278,9 +234,9 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     steps = overrides.get("max_steps", sft.max_steps)
     print(
-        f"{steps} steps of {sft.batch_size} x {load_params(root / 'params.yaml').model.block_size}"
-        f" tokens, {args.threads} threads, alpha {sft.lora.alpha:g}, targets "
-        f"{', '.join(sft.lora.targets)}, dropout {sft.lora.dropout:g}\n"
+        f"{steps} steps of {sft.batch_size} x {params.model.block_size} tokens, {args.threads}"
+        f" threads, alpha {sft.lora.alpha:g}, targets {', '.join(sft.lora.targets)}, dropout"
+        f" {sft.lora.dropout:g}\n"
     )
     print(markdown(rows, sft.learning_rate))
     print(f"\n({elapsed:.0f} s; load average {os.getloadavg()})", file=sys.stderr)
@@ -288,7 +244,7 @@ def main() -> None:
         import torch
 
         meta = {
-            **run_info(),
+            **common.run_info(),
             "torch": torch.__version__,
             "threads": args.threads,
             "rounds": rounds,
@@ -298,8 +254,7 @@ def main() -> None:
             "load_average_end": os.getloadavg(),
             "seconds": elapsed,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        common.save(args.json, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

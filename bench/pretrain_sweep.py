@@ -4,32 +4,21 @@
     .venv/bin/python bench/pretrain_sweep.py --quick         # about a minute: 1/100 of the steps
     .venv/bin/python bench/pretrain_sweep.py --runs batch-8 batch-8-dropout-0.2
 
-Every run is the pretrain stage's training (`bardlet.training.loop.train`) on the pipeline's
-tokenizer and shards (run `make pipeline` first), with params.yaml's `model` and `pretrain`
-sections changed as the RUNS table says. A run whose `tokenizer.vocab_size` is not the
-pipeline's trains that tokenizer first (on the same text as the tokenizer stage) and encodes
-the prepared Shakespeare train and validation text with it. Each runs in its own process with one thread;
-`--jobs 2` (the default) runs two at once on a 2-core machine. Runs differ in steps, so they
-are compared at equal training tokens (steps x batch x context) and by their best evaluation.
-Validation: the same number of tokens for every run (81,920, the default pretrain's 40 x 8 x
-256) in random windows from the validation split, drawn in the run's batch size.
+Each run of RUNS is the pretrain stage's training on the pipeline's data with params.yaml
+changed as it says, in its own process with one thread, validated on the same number of tokens.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
+
+import common  # bench/common.py: this script's folder is on sys.path
 
 from bardlet.markdown import table
 
-REPO = Path(__file__).resolve().parents[1]
 VAL_TOKENS = 40 * 8 * 256  # the default pretrain's validation sample
 COMPARE_AT_TOKENS = 600 * 16 * 256  # runs are also compared at this many training tokens
 
@@ -85,7 +74,7 @@ RUNS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def worker(name: str, quick: bool) -> dict[str, Any]:
+def worker(job: dict[str, Any]) -> dict[str, Any]:
     """One run, in this process: returns its evaluation history."""
     import numpy as np
     import torch
@@ -99,13 +88,13 @@ def worker(name: str, quick: bool) -> dict[str, Any]:
     from stages.paths import CORPUS, SHARDS, TOKENIZER
     from stages.tokenizer import training_texts
 
-    change = RUNS[name]
-    params = load_params(REPO / "params.yaml")
+    name, change = job["name"], RUNS[job["name"]]
+    params = load_params(common.REPO / "params.yaml")
     model_params = params.model.model_copy(update=change["model"])
     steps = change["pretrain"]["max_steps"]
     update = dict(change["pretrain"], threads=1)
     val_tokens_wanted = VAL_TOKENS
-    if quick:  # a smoke test: a few steps, one small evaluation at the end
+    if job["quick"]:  # a smoke test: a few steps, one small evaluation at the end
         update.update(max_steps=max(steps // 100, 2), warmup_steps=1)
         update["eval_interval"] = update["max_steps"]
         val_tokens_wanted = VAL_TOKENS // 20
@@ -156,13 +145,9 @@ def worker(name: str, quick: bool) -> dict[str, Any]:
 
 
 def run(name: str, quick: bool) -> dict[str, Any]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    command = [sys.executable, __file__, "--worker", name] + (["--quick"] if quick else [])
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        return {"name": name, "error": tail or f"exit {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    job = {"name": name, "quick": quick}
+    result = common.run_worker(__file__, job, env={"OMP_NUM_THREADS": "1"})
+    return {"name": name, **result} if "error" in result else result
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -199,31 +184,18 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1/100 of every run's steps")
-    parser.add_argument("--json", type=Path, help="write the results here")
+    parser = common.parser(__doc__, "1/100 of every run's steps")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.quick)))
-        return
+    args = common.parse(parser, worker)
     started = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda name: run(name, args.quick), args.runs))
     text = markdown(results)
     print(text)
-    if args.json:
-        payload = {
-            "command": "python bench/pretrain_sweep.py" + (" --quick" if args.quick else ""),
-            "seconds": time.perf_counter() - started,
-            "runs": results,
-            "table": text,
-        }
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(args.json)
+    seconds = time.perf_counter() - started
+    result = {"command": common.command(), "seconds": seconds, "runs": results, "table": text}
+    common.save(args.json, result)
 
 
 if __name__ == "__main__":

@@ -3,32 +3,14 @@
     .venv/bin/python bench/serve.py --json bench/results/serve.json   # ~2.5 min: 2 rounds x 4 x 15 s
     .venv/bin/python bench/serve.py --quick                          # < 1 minute: 1 round, 5 s
 
-The real server runs as a subprocess (`python -m bardlet.cli serve --model models/onnx/model.onnx
---port <free port>`, in its own process group, killed at the end). For each level N (default
-1, 2, 4, 8) N client threads, each with its own HTTP connection, send chat completions one
-after another with stream=true, max_tokens 64 and `stream_options.include_usage`, until the
-level's time is up (a request started before the end runs to completion). One warm-up request
-runs first, untimed. The machine may be shared: a full run does every level once per round
-(2 rounds, the second in reverse order) and reports, per level, the round with the most tokens/s
-in total (the least-disturbed one); every round is in the JSON, with the load average.
-
-Per level:
-- requests/s:      completed requests / the level's wall time (first request sent to last
-                   reply finished).
-- TTFT p50 / p95:  time from sending the request to the first chunk with text in it.
-- tok/s per client: each client's completion tokens (the server's `usage` count) / wall time,
-                   averaged over the clients; tok/s total is the sum over clients.
-- errors:          requests that failed (HTTP error, broken stream, no usage).
-The prompt is a fixed one-line question with the model's default style settings
-(temperature 0.7, top-k 50) and a per-request seed, so every run asks the same things.
+Per level, N client threads send streamed chat completions one after another until its time is
+up; the best round per level (most tokens/s in total) is reported, every round is in the JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -37,12 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import common  # bench/common.py: this script's folder is on sys.path
 import httpx
 
-from bardlet.markdown import table
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(common.REPO / "tests"))
 from conftest_server import Server  # noqa: E402  (`bardlet serve` in a subprocess, as the tests run it)
 
 MAX_TOKENS = 64
@@ -67,10 +47,7 @@ def one_request(client: httpx.Client, url: str, seed: int) -> dict[str, Any]:
         "seed": seed,
         "stream_options": {"include_usage": True},
     }
-    sent = time.perf_counter()
-    first = None
-    tokens = None
-    done = False
+    sent, first, tokens, done = time.perf_counter(), None, None, False
     with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -153,35 +130,27 @@ def run_level(url: str, clients: int, seconds: float, seed_base: int) -> dict[st
     }
 
 
-# (column title, key in a level's result, format)
 COLUMNS = [
-    ("clients", "clients", "{}"),
-    ("requests", "requests", "{}"),
-    ("req/s", "requests_per_s", "{:.2f}"),
-    ("TTFT p50 (ms)", "ttft_ms_p50", "{:.0f}"),
-    ("TTFT p95 (ms)", "ttft_ms_p95", "{:.0f}"),
-    ("tok/s per client", "tokens_per_s_per_client", "{:.0f}"),
-    ("tok/s total", "tokens_per_s_total", "{:.0f}"),
-    ("tokens/request", "mean_tokens_per_request", "{:.1f}"),
-    ("errors", "errors", "{}"),
+    ("clients", "{clients}"),
+    ("requests", "{requests}"),
+    ("req/s", "{requests_per_s:.2f}"),
+    ("TTFT p50 (ms)", "{ttft_ms_p50:.0f}"),
+    ("TTFT p95 (ms)", "{ttft_ms_p95:.0f}"),
+    ("tok/s per client", "{tokens_per_s_per_client:.0f}"),
+    ("tok/s total", "{tokens_per_s_total:.0f}"),
+    ("tokens/request", "{mean_tokens_per_request:.1f}"),
+    ("errors", "{errors}"),
 ]
 
 
-def markdown(levels: list[dict[str, Any]]) -> str:
-    rows = [[form.format(level[key]) for _, key, form in COLUMNS] for level in levels]
-    return table([title for title, _, _ in COLUMNS], rows, align="r")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=REPO / "models" / "onnx" / "model.onnx")
+    parser = common.parser(__doc__, "1 round, 5 s per level (< 1 min)")
+    parser.add_argument("--model", type=Path, default=common.REPO / "models/onnx/model.onnx")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seconds", type=float, help="time per level (default 15; quick: 5)")
     parser.add_argument("--rounds", type=int, help="rounds (default 2; quick: 1)")
-    parser.add_argument("--quick", action="store_true", help="1 round, 5 s per level (< 1 min)")
     parser.add_argument("--threads", type=int, default=0, help="server ONNX threads (0 = all)")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args()
+    args = common.parse(parser)
     seconds = args.seconds or (5.0 if args.quick else 15.0)
     rounds = args.rounds or (1 if args.quick else 2)
     if not args.model.exists():
@@ -195,45 +164,34 @@ def main() -> None:
         with new_client() as client:
             one_request(client, server.url, 0)  # warm-up: first-request costs, untimed
         load_before = os.getloadavg()
-        runs: dict[int, list[dict[str, Any]]] = {n: [] for n in args.clients}
-        for round_index in range(rounds):
-            order = args.clients if round_index % 2 == 0 else args.clients[::-1]
-            for clients in order:
-                run = run_level(server.url, clients, seconds, 1_000_000 * clients)
-                runs[clients].append(run | {"round": round_index + 1})
-                print(
-                    f"round {round_index + 1}, {clients} clients: "
-                    f"{run['tokens_per_s_total']:.0f} tok/s in total",
-                    file=sys.stderr,
-                )
+        found = common.rounds_of(
+            args.clients,
+            rounds,
+            lambda n: run_level(server.url, n, seconds, 1_000_000 * n),
+            lambda n, r: f"{n} clients: {r['tokens_per_s_total']:.0f} tok/s in total",
+        )
+        runs = {n: [r | {"round": i + 1} for i, r in enumerate(results)] for n, results in found}
         load_after = os.getloadavg()
     finally:
         server.stop()
         log.unlink(missing_ok=True)
 
     levels = [max(runs[n], key=lambda run: run["tokens_per_s_total"]) for n in args.clients]
-    print(markdown(levels))
-    if args.json:
-        result = {
-            "meta": {
-                "command": "python bench/serve.py " + " ".join(sys.argv[1:]),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                "python": platform.python_version(),
-                "model": os.path.relpath(args.model.resolve(), REPO),
-                "context": context,
-                "server_threads": args.threads,
-                "seconds_per_level": seconds,
-                "rounds": rounds,
-                "load_average_1m_before_after": [load_before[0], load_after[0]],
-                "max_tokens": MAX_TOKENS,
-                "messages": MESSAGES,
-                "stream": True,
-            },
-            "levels": levels,
-            "rounds": {str(n): runs[n] for n in args.clients},
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(common.rows_table(levels, COLUMNS, align="r"))
+    meta = {
+        **common.run_info(),
+        "model": os.path.relpath(args.model.resolve(), common.REPO),
+        "context": context,
+        "server_threads": args.threads,
+        "seconds_per_level": seconds,
+        "rounds": rounds,
+        "load_average_1m_before_after": [load_before[0], load_after[0]],
+        "max_tokens": MAX_TOKENS,
+        "messages": MESSAGES,
+        "stream": True,
+    }
+    rounds_of = {str(n): runs[n] for n in args.clients}
+    common.save(args.json, {"meta": meta, "levels": levels, "rounds": rounds_of})
 
 
 if __name__ == "__main__":

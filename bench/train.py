@@ -3,54 +3,19 @@
     .venv/bin/python bench/train.py --json bench/results/train.json   # 10-15 minutes
     .venv/bin/python bench/train.py --quick     # about a minute: 1 thread, few steps, no compile
 
-What is timed: whole training steps on CPU in fp32, as bardlet's loop runs them (forward with
-loss, backward, clip_grad_norm_ 1.0, AdamW with the loop's decay groups, zero_grad), on a few
-fixed random batches. Warmup steps first, then the median ms/iter over the timed steps.
-
-Shapes: the default model (params.yaml: model section, vocab = tokenizer.vocab_size,
-batch = pretrain.batch_size, context = model.block_size) and nanoGPT's baby-GPT
-(4 layers, 4 heads, 128 wide, context 64, batch 12, vocab 65).
-
-Models at each shape:
-- bardlet: `bardlet.model.GPT` (RMSNorm, rotary, SwiGLU, SDPA causal attention, tied head).
-- baseline: how most small chatbot projects write it: token + learned position embedding,
-  `nn.TransformerEncoder` of pre-norm `nn.TransformerEncoderLayer`s (GELU MLP 4x wide, biases)
-  with the causal mask from `nn.Transformer.generate_square_subsequent_mask`, final LayerNorm,
-  tied linear head, cross-entropy. (torch recognises that mask as causal and hands SDPA
-  `is_causal=True`, so both models get the same fused attention kernel.)
-- bardlet + torch.compile (default shape, full run only): compile time is the first step's
-  wall time minus a steady step, with a fresh inductor cache (a cold compile), median of rounds.
-- ", dropout D" rows (default shape): both models as they train, with params.yaml's
-  model.dropout. bardlet drops out each residual branch's output and nothing inside attention;
-  the baseline's `dropout=` is the encoder layer's own, which also drops attention weights
-  (so SDPA runs with dropout_p) and the MLP's hidden layer, as in every project that uses it.
-  The other rows have dropout 0: the same arithmetic in both models.
-
-MFU = achieved FLOPs/s / peak. FLOPs per token = 6 * N + 12 * n_layer * n_embd * context
-(PaLM appendix B, as nanoGPT's estimate_mfu): N = the parameters that do matmul work, i.e.
-all parameters except position-embedding tables; the tied token embedding is counted once,
-because it is also the output head's matrix. The peak is measured in the same run at the same
-thread count: the best of several 2048x2048 fp32 matmuls (2 * 2048^3 FLOPs each).
-
-Every row runs in its own subprocess, so its peak RSS (`ru_maxrss`) is its own; "+ above
-import" is the peak minus the RSS after the imports. The machine is shared (other jobs may run
-beside the benchmark), so every row runs once per round, rounds in alternating order, and
-ms/iter is the lowest of the rows' per-round medians (the least-disturbed round); every
-round's median is in the JSON.
+Whole training steps on CPU in fp32 (forward with loss, backward, clip, AdamW) at params.yaml's
+shape and nanoGPT's baby-GPT, each row in its own process once per round (lowest round median),
+MFU against the best 2048x2048 fp32 matmul of the same run.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import common  # bench/common.py: this script's folder is on sys.path
@@ -59,11 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bardlet.config import load_params
-from bardlet.markdown import table
 from bardlet.model import GPT, GPTConfig
 from bardlet.training import loop
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = common.REPO
 PEAK_SIZE = 2048
 
 
@@ -86,16 +50,8 @@ class Shape:
 def default_shape() -> Shape:
     params = load_params(REPO / "params.yaml")
     m = params.model
-    return Shape(
-        "default",
-        m.n_layer,
-        m.n_head,
-        m.n_embd,
-        m.block_size,
-        params.pretrain.batch_size,
-        params.tokenizer.vocab_size,
-        m.mlp_ratio,
-    )
+    sizes = (m.n_layer, m.n_head, m.n_embd, m.block_size, params.pretrain.batch_size)
+    return Shape("default", *sizes, params.tokenizer.vocab_size, m.mlp_ratio)
 
 
 BABY_GPT = Shape("baby-GPT", 4, 4, 128, 64, 12, 65)
@@ -140,17 +96,8 @@ class TorchEncoderGPT(nn.Module):
 def build_model(kind: str, shape: Shape, dropout: float) -> nn.Module:
     if kind == "baseline":
         return TorchEncoderGPT(shape, dropout)
-    config = GPTConfig(
-        vocab_size=shape.vocab_size,
-        block_size=shape.block_size,
-        n_layer=shape.n_layer,
-        n_head=shape.n_head,
-        n_embd=shape.n_embd,
-        mlp_ratio=shape.mlp_ratio,
-        dropout=dropout,
-        tie_embeddings=True,
-    )
-    return GPT(config)
+    sizes = {k: v for k, v in asdict(shape).items() if k not in ("name", "batch_size")}
+    return GPT(GPTConfig(**sizes, dropout=dropout, tie_embeddings=True))
 
 
 def matmul_params(model: nn.Module) -> int:
@@ -160,22 +107,12 @@ def matmul_params(model: nn.Module) -> int:
     return total - (pos_emb.weight.numel() if pos_emb is not None else 0)
 
 
-def flops_per_token(n_matmul: int, shape: Shape) -> int:
-    return 6 * n_matmul + 12 * shape.n_layer * shape.n_embd * shape.block_size
-
-
-def make_optimizer(model: nn.Module) -> torch.optim.AdamW:
-    """The training loop's optimizer (AdamW, decay on matrices only), with pretrain's settings."""
-    return loop.make_optimizer(
-        model, load_params(REPO / "params.yaml").pretrain, torch.device("cpu")
-    )
-
-
 def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+    return common.peak_rss_bytes(inherited=True) / 2**20
 
 
-# ---------------------------------------------------------------- worker side (one subprocess)
+def worker(job: dict[str, Any]) -> dict[str, Any]:
+    return worker_peak(job["threads"], job["peak"]) if "peak" in job else worker_row(job)
 
 
 def worker_peak(threads: int, repeats: int) -> dict[str, Any]:
@@ -200,7 +137,8 @@ def worker_row(job: dict[str, Any]) -> dict[str, Any]:
     model = build_model(job["kind"], shape, job["dropout"])
     model.train()
     forward = torch.compile(model) if job["compile"] else model
-    optimizer = make_optimizer(model)
+    pretrain = load_params(REPO / "params.yaml").pretrain  # the loop's optimizer and settings
+    optimizer = loop.make_optimizer(model, pretrain, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
     batch_shape = (shape.batch_size, shape.block_size + 1)
     batches = [torch.randint(shape.vocab_size, batch_shape, generator=generator) for _ in range(4)]
@@ -228,7 +166,7 @@ def worker_row(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "matmul_params": n_matmul,
-        "flops_per_token": flops_per_token(n_matmul, shape),
+        "flops_per_token": 6 * n_matmul + 12 * shape.n_layer * shape.n_embd * shape.block_size,
         "first_step_s": first_step_s,
         "times_ms": times_ms,
         "loss_first": first_loss,
@@ -236,9 +174,6 @@ def worker_row(job: dict[str, Any]) -> dict[str, Any]:
         "rss_import_mb": rss_import,
         "rss_peak_mb": max_rss_mb(),
     }
-
-
-# ---------------------------------------------------------------- driver side
 
 
 def run_worker(job: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
@@ -265,31 +200,15 @@ def model_label(kind: str, dropout: float) -> str:
 
 
 def measure(specs: list[RowSpec], rounds: int, warmup: int, iters: dict[str, int]) -> list[dict]:
-    results: list[list[dict[str, Any]]] = [[] for _ in specs]
-    for round_ in range(rounds):
-        order = list(range(len(specs)))
-        if round_ % 2:
-            order.reverse()  # alternate the order so no row always runs first or last
-        for index in order:
-            spec = specs[index]
-            job = {
-                "shape": asdict(spec.shape),
-                "kind": spec.kind,
-                "threads": spec.threads,
-                "compile": spec.compile,
-                "dropout": spec.dropout,
-                "warmup": warmup + (2 if spec.compile else 0),
-                "iters": iters[spec.shape.name],
-            }
-            result = run_worker(job, timeout=600 if spec.compile else 900)
-            results[index].append(result)
-            status = result.get("error") or f"{statistics.median(result['times_ms']):.1f} ms/iter"
-            print(
-                f"  round {round_ + 1}: {spec.shape.name} {spec.label} {spec.threads}T: {status}",
-                file=sys.stderr,
-                flush=True,
-            )
-    return [pool(spec, runs) for spec, runs in zip(specs, results, strict=True)]
+    def run(spec: RowSpec) -> dict[str, Any]:
+        job = asdict(spec) | {"warmup": warmup + 2 * spec.compile, "iters": iters[spec.shape.name]}
+        return run_worker(job, timeout=600 if spec.compile else 900)
+
+    def status(spec: RowSpec, r: dict[str, Any]) -> str:
+        result = r.get("error") or f"{statistics.median(r['times_ms']):.1f} ms/iter"
+        return f"{spec.shape.name} {spec.label} {spec.threads}T: {result}"
+
+    return [pool(spec, runs) for spec, runs in common.rounds_of(specs, rounds, run, status)]
 
 
 def pool(spec: RowSpec, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -346,47 +265,44 @@ def annotate(rows: list[dict[str, Any]], peaks: dict[int, float]) -> None:
 
 
 def markdown(rows: list[dict[str, Any]], shapes: list[Shape], peaks: dict[int, float]) -> str:
-    lines = []
-    for shape in shapes:
-        lines.append(
-            f"- {shape.name}: {shape.n_layer} layers, {shape.n_head} heads, {shape.n_embd} wide, "
-            f"context {shape.block_size}, batch {shape.batch_size}, vocab {shape.vocab_size} "
-            f"({shape.tokens_per_step} tokens/step)"
-        )
+    lines = [
+        f"- {s.name}: {s.n_layer} layers, {s.n_head} heads, {s.n_embd} wide, context "
+        f"{s.block_size}, batch {s.batch_size}, vocab {s.vocab_size} ({s.tokens_per_step} "
+        "tokens/step)"
+        for s in shapes
+    ]
     peak_text = ", ".join(f"{t} thread{'s' * (t > 1)}: {g:.1f}" for t, g in peaks.items())
     lines.append(f"- fp32 matmul peak ({PEAK_SIZE}x{PEAK_SIZE}, best of run), GFLOP/s: {peak_text}")
-    cells = []
-    for row in rows:
-        head = (row["shape"], row["model"], str(row["threads"]))
-        if "error" in row:
-            cells.append((*head, "", "", "", "", "", "", f"failed: {row['error'][:80]}"))
-            continue
-        note = []
-        if len(row["round_medians_ms"]) > 1:
-            note.append("rounds " + " / ".join(f"{m:.0f}" for m in row["round_medians_ms"]))
+
+    def note(row: dict[str, Any]) -> str:
+        rounds = row["round_medians_ms"]
+        note = ["rounds " + " / ".join(f"{m:.0f}" for m in rounds)] if len(rounds) > 1 else []
         if "compile_s" in row:
             note.append(f"compile {row['compile_s']:.0f} s")
         if "vs_bardlet_eager" in row:
             note.append(f"{row['vs_bardlet_eager']:.2f}x eager bardlet")
-        cells.append(
-            (
-                *head,
-                f"{row['params'] / 1e6:.3f}M",
-                f"{row['ms_per_iter']:.1f}",
-                f"{row['tokens_per_s']:,.0f}",
-                f"{100 * row['mfu']:.1f}%",
-                f"{row['vs_baseline']:.2f}x" if "vs_baseline" in row else "1.00x",
-                f"{row['rss_peak_mb']:.0f} (+{row['rss_above_import_mb']:.0f})",
-                "; ".join(note),
-            )
-        )
-    header = (
-        "shape | model | threads | params | ms/iter | tokens/s | MFU | x baseline"
-        " | peak RSS MB (+ above import) | note"
-    )
-    lines += ["", table(header, cells, align="llrrrrrrrl")]
+        return "; ".join(note)
+
+    columns = [
+        ("shape", "{shape}"),
+        ("model", "{model}"),
+        ("threads", "{threads}"),
+        ("params", lambda r: f"{r['params'] / 1e6:.3f}M"),
+        ("ms/iter", "{ms_per_iter:.1f}"),
+        ("tokens/s", "{tokens_per_s:,.0f}"),
+        ("MFU", "{mfu:.1%}"),
+        ("x baseline", lambda r: f"{r.get('vs_baseline', 1):.2f}x"),
+        ("peak RSS MB (+ above import)", "{rss_peak_mb:.0f} (+{rss_above_import_mb:.0f})"),
+        ("note", note),
+    ]
+    ok = [row for row in rows if "error" not in row]
+    lines += ["", common.rows_table(ok, columns, align="llrrrrrrrl"), ""]
     lines += [
-        "",
+        f"{r['shape']} {r['model']} {r['threads']}T failed: {r['error']}"
+        for r in rows
+        if "error" in r
+    ]
+    lines += [
         "ms/iter: the lowest of the per-round medians (rounds: each round's median, ms).",
         "FLOPs/token = 6 N + 12 n_layer n_embd context, N = parameters without position "
         "embeddings (tied token embedding once).",
@@ -395,18 +311,10 @@ def markdown(rows: list[dict[str, Any]], shapes: list[Shape], peaks: dict[int, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few steps, one round, no compile")
-    parser.add_argument("--json", type=Path, help="also write the table as JSON to this file")
+    parser = common.parser(__doc__, "few steps, one round, no compile")
     parser.add_argument("--threads", help="comma-separated thread counts (1,2; quick: 1)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        job = json.loads(args.worker)
-        result = worker_peak(job["threads"], job["peak"]) if "peak" in job else worker_row(job)
-        print(json.dumps(result))
-        return
+    args = common.parse(parser, worker)
 
     threads = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",")]
     shapes = [default_shape(), BABY_GPT]
@@ -456,8 +364,7 @@ def main() -> None:
             "load_average_end": os.getloadavg(),
             "seconds": elapsed,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        common.save(args.json, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

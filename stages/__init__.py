@@ -33,11 +33,12 @@ if os.environ.get("BARDLET_NATIVE_KERNELS") != "1" and platform.machine().lower(
 def _params_errors_in_one_line(
     kind: type[BaseException], error: BaseException, trace: TracebackType | None
 ) -> None:
-    """A mistake in params.yaml is the user's to fix, not a bug: print what is wrong and how
-    to fix it (the message says both), without a traceback. Anything else: as usual."""
-    from bardlet.config import ParamsError  # only once something went wrong
+    """A mistake in params.yaml or in what it points at (a pretrained folder, a download) is
+    the user's to fix, not a bug: print what is wrong and how to fix it (the message says
+    both), without a traceback. Anything else: as usual."""
+    from bardlet.defaults import UserError  # only once something went wrong
 
-    if isinstance(error, ParamsError):
+    if isinstance(error, UserError):
         print(f"error: {error}", file=sys.stderr)
     else:
         sys.__excepthook__(kind, error, trace)

@@ -27,9 +27,9 @@ from bardlet.files import write_json_atomic, write_text_atomic
 from bardlet.runtime.generation import Generation
 from bardlet.runtime.sampling import Sampling
 from bardlet.runtime.session import OnnxLM
-from bardlet.tokenizer import Tokenizer
+from bardlet.tokenizer import load_tokenizer
 from bardlet.training import checkpoint
-from stages.paths import CHAT_MODEL, CHATS, REPORTS, SHARDS, TOKENIZER
+from stages.paths import CHAT_MODEL, CHATS, REPORTS, SHARDS, TOKENIZER_DIR
 
 GREEDY = Sampling(temperature=0)
 
@@ -51,7 +51,7 @@ def reply(
 def main() -> None:
     params = load_params()
     settings = params.evaluate
-    tokenizer = Tokenizer.load(TOKENIZER)
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
     model, info = checkpoint.load(CHAT_MODEL)
     block = model.config.block_size
     byte_lengths = np.array(tokenizer.byte_lengths())

@@ -29,9 +29,9 @@ from bardlet.model_card import read_report, render_model_card
 from bardlet.runtime.evaluate import measure_onnx_bpb
 from bardlet.runtime.sampling import Style
 from bardlet.runtime.session import OnnxLM
-from bardlet.tokenizer import Tokenizer
+from bardlet.tokenizer import AnyTokenizer, load_tokenizer
 from bardlet.training import checkpoint
-from stages.paths import CHAT_MODEL, LOCAL_REPORTS, ONNX_DIR, REPORTS, SHARDS, TOKENIZER
+from stages.paths import CHAT_MODEL, LOCAL_REPORTS, ONNX_DIR, REPORTS, SHARDS, TOKENIZER_DIR
 
 ONNXRUNTIME_MEASURED = ("parity_max_abs_diff", "fp32_bpb", "int8_bpb", "int8_bpb_delta_percent")
 
@@ -40,7 +40,7 @@ def build(
     staging_dir: Path,
     params: ExportParams,
     styles: dict[str, Style],
-    tokenizer: Tokenizer,
+    tokenizer: AnyTokenizer,
     model: GPT,
     info: dict[str, Any],
 ) -> dict[str, float]:
@@ -95,7 +95,7 @@ def build(
 def main() -> None:
     all_params = load_params()
     params = all_params.export
-    tokenizer = Tokenizer.load(TOKENIZER)
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
     model, info = checkpoint.load(CHAT_MODEL)
     # Built beside models/onnx, swapped in when complete: a failure leaves the old one.
     with new_folder(ONNX_DIR) as folder:

@@ -18,7 +18,7 @@ from bardlet.config import TrainParams
 from bardlet.data.loaders import Batch, BatchSource
 from bardlet.files import write_csv_atomic, write_json_atomic
 from bardlet.model import GPT
-from bardlet.tokenizer import Tokenizer
+from bardlet.tokenizer import AnyTokenizer
 from bardlet.training import checkpoint, distributed
 from bardlet.training.loop import TrainResult, train
 from stages.paths import CHECKPOINTS, LOCAL_REPORTS, PLOTS, REPORTS
@@ -39,7 +39,7 @@ def train_and_save(
     model: GPT,
     data: tuple[BatchSource, list[Batch]],
     settings: TrainParams,
-    tokenizer: Tokenizer,
+    tokenizer: AnyTokenizer,
     model_dir: Path,
     identity: dict[str, Any],
     runs: dict[str, str],

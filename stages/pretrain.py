@@ -1,23 +1,80 @@
 """Stage `pretrain`: a GPT learns the corpus (Tiny Shakespeare) by next-token prediction ->
-models/base. With several corpus sources, `prepare.corpus` weights say how often each is drawn."""
+models/base. With several corpus sources, `prepare.corpus` weights say how often each is drawn.
 
+With a pretrained `init`, models/base is that checkpoint instead (its vocabulary grown by the
+chat tokens, its context capped at model.block_size), measured on the same validation text.
+"""
+
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from bardlet import tracking
-from bardlet.config import load_params
+from bardlet.config import Params, init_folder, load_params
 from bardlet.data.loaders import TokenWindows
 from bardlet.data.shards import read_tokens
+from bardlet.evaluation import measure
+from bardlet.files import write_csv_atomic, write_json_atomic
 from bardlet.model import GPT, GPTConfig
-from bardlet.tokenizer import Tokenizer
-from bardlet.training import distributed
+from bardlet.tokenizer import AnyTokenizer, load_tokenizer
+from bardlet.training import checkpoint, distributed
 from stages.outputs import train_and_save
-from stages.paths import BASE_MODEL, SHARDS, TOKENIZER, TOKENIZER_DIR
+from stages.paths import BASE_MODEL, PLOTS, REPORTS, SHARDS, TOKENIZER_DIR
+
+
+def start_from(folder: Path, params: Params, tokenizer: AnyTokenizer) -> None:
+    """models/base from a pretrained checkpoint, with its validation numbers as step 0."""
+    model = GPT.from_pretrained(folder, params.model.block_size)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        model.resize_vocab(tokenizer.vocab_size)
+    val_tokens, _ = read_tokens(SHARDS / "pretrain/val", tokenizer.hash)
+    windows = TokenWindows(val_tokens, model.config.block_size, params.pretrain.batch_size, 0)
+    lengths = np.array(tokenizer.byte_lengths())
+    with torch.no_grad():
+        metrics = measure(
+            model.eval(),
+            windows.sequential(),
+            lengths,
+            torch.device("cpu"),
+            params.pretrain.eval_batches,
+        )
+    final = {
+        "val_loss": metrics["loss"],
+        "val_bpb": metrics["bpb"],
+        "step": 0.0,
+        "steps": 0.0,
+        "tokens": 0.0,
+    }
+    print(f"{folder}: {model.num_params():,} parameters, val bpb {metrics['bpb']:.4f}")
+    with tracking.run(
+        "pretrain",
+        {"model": model.config.to_dict(), "init": params.init},
+        {"stage": "pretrain"},
+        tokenizer_hash=tokenizer.hash,
+    ) as run_id:
+        tracking.log_metrics(
+            {
+                "model/params": model.num_params(),
+                "val/loss": metrics["loss"],
+                "val/bpb": metrics["bpb"],
+            },
+            0,
+        )
+        info = {"tokenizer_hash": tokenizer.hash, "init": params.init, "metrics": final}
+        checkpoint.save(model, BASE_MODEL, info, {"run_id": run_id})
+    write_json_atomic(REPORTS / "pretrain.json", {**final, "params": model.num_params()})
+    row = {"step": 0, "train_loss": "", "val_loss": metrics["loss"], "val_bpb": metrics["bpb"]}
+    write_csv_atomic(PLOTS / "pretrain.csv", [row])
 
 
 def main() -> None:
     params = load_params()
     settings = params.pretrain
-    tokenizer = Tokenizer.load(TOKENIZER)
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
+    if (folder := init_folder(params.init)) is not None:
+        start_from(folder, params, tokenizer)
+        return
     block = params.model.block_size
     train_tokens, sources = read_tokens(SHARDS / "pretrain/train", tokenizer.hash)
     val_tokens, _ = read_tokens(SHARDS / "pretrain/val", tokenizer.hash)

@@ -16,10 +16,10 @@ from bardlet.config import LoraParams, load_params
 from bardlet.data.loaders import PackedConversations
 from bardlet.files import sha256_file
 from bardlet.model import GPT
-from bardlet.tokenizer import Tokenizer
+from bardlet.tokenizer import load_tokenizer
 from bardlet.training import checkpoint, distributed, lora
 from stages.outputs import Saved, train_and_save
-from stages.paths import BASE_MODEL, CHAT_MODEL, SHARDS, TOKENIZER
+from stages.paths import BASE_MODEL, CHAT_MODEL, SHARDS, TOKENIZER_DIR
 
 
 def merged_with_adapter(settings: LoraParams, base_sha256: str) -> Callable[[GPT], Saved]:
@@ -38,7 +38,7 @@ def merged_with_adapter(settings: LoraParams, base_sha256: str) -> Callable[[GPT
 
 def main() -> None:
     settings = load_params().sft
-    tokenizer = Tokenizer.load(TOKENIZER)
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
     model, base_info = checkpoint.load(BASE_MODEL, distributed.init())
     if base_info["tokenizer_hash"] != tokenizer.hash:
         raise SystemExit("models/base was trained with another tokenizer: run `dvc repro`")

@@ -17,13 +17,13 @@ from bardlet.data.corpus import paragraphs
 from bardlet.data.report import data_report
 from bardlet.data.shards import Row, write_split
 from bardlet.files import new_folder, write_json_atomic
-from bardlet.tokenizer import Tokenizer
-from stages.paths import CHATS, CORPUS, REPORTS, SHARDS, TOKENIZER
+from bardlet.tokenizer import AnyTokenizer, load_tokenizer
+from stages.paths import CHATS, CORPUS, REPORTS, SHARDS, TOKENIZER_DIR
 
 ENCODE_BATCH = 4096  # paragraphs encoded together: fast, and memory stays small
 
 
-def text_rows(tokenizer: Tokenizer, split: str) -> Iterator[Row]:
+def text_rows(tokenizer: AnyTokenizer, split: str) -> Iterator[Row]:
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
     for source in sorted(path for path in CORPUS.iterdir() if path.is_dir()):
         pieces, first = paragraphs(source / f"{split}.txt"), 0
@@ -33,7 +33,7 @@ def text_rows(tokenizer: Tokenizer, split: str) -> Iterator[Row]:
             first += len(batch)
 
 
-def chat_rows(tokenizer: Tokenizer, split: str) -> Iterator[Row]:
+def chat_rows(tokenizer: AnyTokenizer, split: str) -> Iterator[Row]:
     with open(CHATS / f"{split}.jsonl", encoding="utf-8") as f:
         for line in f:
             conversation = json.loads(line)
@@ -44,7 +44,7 @@ def chat_rows(tokenizer: Tokenizer, split: str) -> Iterator[Row]:
 
 def main() -> None:
     params = load_params().shard
-    tokenizer = Tokenizer.load(TOKENIZER)
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
     # Built beside data/shards and swapped in whole: a failure leaves the previous shards.
     with new_folder(SHARDS) as folder:
         for name, make_rows in (("pretrain", text_rows), ("sft", chat_rows)):

@@ -1,14 +1,19 @@
-"""Stage `tokenizer`: train our byte-level BPE on the training text (never on validation)."""
+"""Stage `tokenizer`: train our byte-level BPE on the training text (never on validation).
+
+With a pretrained `init`, the model's own tokenizer.json instead, with bardlet's chat tokens
+added if it lacks them (the rule: bardlet/tokenizer/hf.py).
+"""
 
 import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from bardlet.config import load_params
+from bardlet.config import init_folder, load_params
 from bardlet.data.corpus import paragraphs
 from bardlet.files import new_folder
-from bardlet.tokenizer import Tokenizer
+from bardlet.model import PretrainedError, config_from_hf, read_hf_config
+from bardlet.tokenizer import HFTokenizer, Tokenizer
 from bardlet.tokenizer.hf import export_hf
 from stages.paths import CHATS, CORPUS, TOKENIZER, TOKENIZER_DIR
 
@@ -47,8 +52,35 @@ def kept(key: str, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") < share * 2**64
 
 
+def pretrained_tokenizer(folder: Path) -> HFTokenizer:
+    """The folder's tokenizer.json with the chat tokens, checked against its embeddings."""
+    rows = config_from_hf(read_hf_config(folder), folder).vocab_size
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise PretrainedError(
+            f"{folder} has no tokenizer.json: copy it from the model's Hugging Face folder "
+            "(bardlet reads the fast-tokenizer file, not vocab.json/merges.txt or .model)"
+        )
+    own = HFTokenizer.load(path)
+    if own.vocab_size > rows:
+        raise PretrainedError(
+            f"{path} has {own.vocab_size} tokens but the model's embedding has {rows} rows: "
+            "the tokenizer is not this model's; use the tokenizer.json from the same folder"
+        )
+    return own.with_chat_tokens()
+
+
 def main() -> None:
-    params = load_params().tokenizer
+    all_params = load_params()
+    params, folder = all_params.tokenizer, init_folder(all_params.init)
+    if folder is not None:
+        tokenizer = pretrained_tokenizer(folder)
+        with new_folder(TOKENIZER_DIR) as out:
+            tokenizer.save(out / "tokenizer.json")
+        print(
+            f"{folder}: vocab {tokenizer.vocab_size} with the chat tokens, hash {tokenizer.hash[:12]}"
+        )
+        return
     tokenizer = Tokenizer.train(
         training_texts(params.sample_chars),
         vocab_size=params.vocab_size,

@@ -17,7 +17,7 @@ VOCAB = 101
 def gpt2(tmp_path, **config):
     torch.manual_seed(0)
     shape = dict(vocab_size=VOCAB, n_positions=48, n_embd=32, n_layer=2, n_head=4)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape, **config)).eval()
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**shape, **config})).eval()
     return model, tmp_path / "gpt2"
 
 

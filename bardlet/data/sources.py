@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import ssl
 import sys
@@ -33,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
-from bardlet.files import sha256_file
+from bardlet.defaults import UserError
+from bardlet.files import sha256_file, write_json_atomic
 
 MIRROR_ENV = "BARDLET_DATA_MIRROR"
 
@@ -131,7 +133,7 @@ class _Hasher(Protocol):
     def hexdigest(self) -> str: ...
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A source could not be fetched, or its bytes are not the expected ones."""
 
 
@@ -375,3 +377,41 @@ def _progress(source: Source, start: int, enabled: bool) -> Iterator[Callable[[i
 def _say(message: str, enabled: bool) -> None:
     if enabled:
         print(message, file=sys.stderr, flush=True)
+
+
+# --- pretrained checkpoints from the Hugging Face Hub -----------------------------------------
+
+# What bardlet reads of a model repository: the config, the weights, the fast tokenizer.
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json"]
+CHECKSUMS = "checksums.json"  # written beside the files: name -> sha256
+
+
+def fetch_pretrained(repo_id: str, revision: str, dest: Path) -> Path:
+    """The Hub repository `repo_id` at `revision` in `dest` (config, safetensors, tokenizer),
+    with the sha256 of every file in dest/checksums.json. A folder whose checksums still
+    match is kept as it is; offline, a clear error before anything is written."""
+    recorded = dest / CHECKSUMS
+    if recorded.is_file():
+        sums = json.loads(recorded.read_text(encoding="utf-8"))
+        if all(
+            (dest / name).is_file() and sha256_file(dest / name) == s for name, s in sums.items()
+        ):
+            return dest
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise DownloadError(
+            f"init {repo_id}@{revision} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set "
+            "(the Makefile sets it; run `HF_HUB_OFFLINE=0 dvc repro` online), or put the "
+            "model's folder under data/pretrained/ and set init to that folder"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, revision=revision, local_dir=dest, allow_patterns=HUB_FILES)
+    except Exception as error:  # noqa: BLE001 (network, auth, unknown repo or revision)
+        raise DownloadError(
+            f"could not download {repo_id}@{revision} from the Hugging Face Hub: "
+            f"{str(error).splitlines()[0][:200]}"
+        ) from None
+    files = sorted(p for p in dest.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    write_json_atomic(recorded, {p.name: sha256_file(p) for p in files})
+    return dest

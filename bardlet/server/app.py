@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bardlet.data.chat_template import render_prompt
+from bardlet.defaults import READ_TIMEOUT
 from bardlet.runtime.conversation import fit_conversation, load_styles, reply, with_settings
 from bardlet.runtime.sampling import Style
 from bardlet.runtime.session import OnnxLM
@@ -39,7 +40,6 @@ from bardlet.runtime.session import OnnxLM
 STATIC = Path(__file__).parent / "static"
 MODEL_ID = "bardlet"
 MAX_BODY_BYTES = 1_000_000
-READ_TIMEOUT = 10.0  # seconds a client may take to send the request head, and then the body
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _bearer = HTTPBearer(auto_error=False, description="The server's --api-key, if it has one")
 NO_CACHE = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
