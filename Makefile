@@ -12,7 +12,9 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export ORT_DISABLE_TELEMETRY := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export HF_HUB_OFFLINE := 1
+# Offline unless you say otherwise: `HF_HUB_OFFLINE=0 make pipeline` lets a Hub `init:` download.
+HF_HUB_OFFLINE ?= 1
+export HF_HUB_OFFLINE
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # Stages run `python -m stages.<name>`: that must be the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)

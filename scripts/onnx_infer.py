@@ -9,7 +9,8 @@ Copy three files to any machine with Python 3.11+, `pip install numpy onnxruntim
     python onnx_infer.py --model model.onnx --chat --prompt "Who are you?"   # one reply
 
 The three files: this script, `model.onnx` (or `model.int8.onnx`) and `bpe.json` (the
-tokenizer, looked for beside the model). Only the generated text goes to stdout; prompts,
+tokenizer, looked for beside the model; a model that started from a pretrained GPT-2 or Llama
+has the model's own `tokenizer.json` instead, which needs `pip install tokenizers`). Only the generated text goes to stdout; prompts,
 notes and errors go to stderr.
 
 This file does not import bardlet: it carries its own copy of bardlet's byte-level BPE
@@ -185,6 +186,57 @@ class BPE:
 
     def special(self, name: str) -> int:
         return self.special_tokens[name]
+
+
+class PretrainedTokens:
+    """A pretrained model's tokenizer.json (`init:` a GPT-2 or Llama), through Hugging Face
+    `tokenizers` (pip install tokenizers): the same methods as BPE above."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            sys.exit("error: this model's tokenizer.json needs `pip install tokenizers`")
+        text = path.read_text(encoding="utf-8")
+        self.hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        self.fast = Tokenizer.from_str(text)
+        self.fast.encode_special_tokens = True  # typed text never becomes a special token
+        added = self.fast.get_added_tokens_decoder()
+        self.special_tokens = {t.content: i for i, t in sorted(added.items()) if t.special}
+        self.vocab = [self._bytes(i) for i in range(self.fast.get_vocab_size())]
+
+    def _bytes(self, token_id: int) -> bytes:
+        """Byte-level vocabularies spell bytes as GPT-2's printable characters; SentencePiece
+        ones write a space as U+2581 and unknown bytes as <0xNN>."""
+        piece = self.fast.id_to_token(token_id) or ""
+        if token_id in self.special_tokens.values():
+            return piece.encode("utf-8")
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])
+        if all(c in BYTE_OF_CHAR for c in piece):
+            return bytes(BYTE_OF_CHAR[c] for c in piece)
+        return piece.replace("\u2581", " ").encode("utf-8")
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.fast.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
+
+    def special(self, name: str) -> int:
+        return self.special_tokens[name]
+
+
+def _gpt2_byte_chars() -> dict[str, int]:
+    """GPT-2's byte <-> printable character table (Hugging Face's ByteLevel), reversed."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = {b: chr(b) for b in printable}
+    for extra, b in enumerate(b for b in range(256) if b not in chars):
+        chars[b] = chr(256 + extra)
+    return {c: b for b, c in chars.items()}
+
+
+BYTE_OF_CHAR = _gpt2_byte_chars()
 
 
 def render_chat(tokenizer: BPE, messages: list[dict[str, str]], system: str | None) -> list[int]:
@@ -520,12 +572,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if model_path.is_dir():
         model_path = model_path / "model.onnx"
     tokenizer_path = Path(args.tokenizer) if args.tokenizer else model_path.parent / "bpe.json"
+    if not args.tokenizer and not tokenizer_path.exists():  # a pretrained model's own
+        tokenizer_path = model_path.parent / "tokenizer.json"
     for path in (model_path, tokenizer_path):
         if not path.exists():
             sys.exit(f"error: {path} not found (copy model.onnx and bpe.json side by side)")
     try:
         model = Model(model_path, args.threads)
-        tokenizer = BPE(tokenizer_path, use_regex=not args.no_regex)
+        tokenizer: Any = (
+            PretrainedTokens(tokenizer_path)
+            if tokenizer_path.name == "tokenizer.json"
+            else BPE(tokenizer_path, use_regex=not args.no_regex)
+        )
     except (ValueError, KeyError) as error:
         sys.exit(f"error: {error}")
     expected = model.info.get("tokenizer_hash")

@@ -2,6 +2,9 @@
 same logits as transformers (random small models made here: nothing is downloaded)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,6 +207,14 @@ def test_a_pretrained_model_with_its_own_tokenizer_chats_from_onnx(tmp_path, mak
     reply = Generation(lm, prompt, 12, Sampling(temperature=0.0), [tokenizer.special_id("<|end|>")])
     text = reply.text()
     assert reply.usage()["completion_tokens"] >= 1 and isinstance(text, str)
+    # the standalone script (numpy + onnxruntime + tokenizers) says what the runtime says
+    specials = sorted(tokenizer.special_tokens.values())
+    expected = Generation(lm, prompt, 12, Sampling(temperature=0.0), specials).text()
+    script = Path(__file__).resolve().parents[1] / "scripts/onnx_infer.py"
+    args = ["--model", str(out), "--chat", "--prompt", "Hello there", "-t", "0", "-n", "12"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected.strip()
     # the runtime's greedy tokens are the PyTorch model's
     ids = list(prompt)
     with torch.no_grad():
