@@ -149,6 +149,10 @@ Chats = Annotated[
     Annotated[Literal["oasst1"], Tag("builtin")] | Annotated[ChatSource, Tag("own")],
     Discriminator(_kind),
 ]
+Prefs = Annotated[
+    Annotated[Literal["oasst1"], Tag("builtin")] | Annotated[OwnSource, Tag("own")],
+    Discriminator(_kind),
+]
 TAGS = {"builtin", "own"}  # left out of the key an error names
 
 
@@ -157,6 +161,7 @@ class PrepareParams(Section):
     corpus_val_fraction: float = Field(gt=0, lt=1)
     chats: list[Chats] = Field(min_length=1)
     chats_val_percent: float = Field(gt=0, lt=100)
+    prefs: list[Prefs]  # preference pairs for the dpo stage: OASST1's rankings, your JSONL
     oasst_lang: str
     oasst_mode: Literal["best", "all"]
 
@@ -241,6 +246,21 @@ class SftParams(TrainParams):
     lora: LoraParams
 
 
+class DpoParams(Section):
+    """The optional dpo stage: preference tuning of the chat model (bardlet/training/dpo.py)."""
+
+    enabled: Switch  # false: the stage only says so, and export takes models/chat
+    beta: float = Field(gt=0, le=10, description="how far from the reference the policy may go")
+    max_steps: Count
+    batch_size: Count
+    learning_rate: float = Field(gt=0, le=1)
+    warmup_steps: StrictInt = Field(ge=0)
+    weight_decay: float = Field(ge=0, le=10)
+    grad_clip: float = Field(ge=0)
+    log_interval: Count
+    seed: StrictInt
+
+
 class EvaluateParams(Section):
     eval_batches: Count
     prompts: list[str]
@@ -306,6 +326,7 @@ class Params(Section):
     model: ModelParams
     pretrain: TrainParams
     sft: SftParams
+    dpo: DpoParams
     evaluate: EvaluateParams
     export: ExportParams
     chat: ChatParams

@@ -11,6 +11,7 @@ TOKENIZER_DIR = Path("models/tokenizer")  # the tokenizer stage: bpe.json, token
 TOKENIZER = TOKENIZER_DIR / "bpe.json"  # our own format: what Tokenizer.load reads
 BASE_MODEL = Path("models/base")  # the pretrain stage's checkpoint
 CHAT_MODEL = Path("models/chat")  # the sft stage's checkpoint (merged weights, LoRA adapter)
+DPO_MODEL = Path("models/dpo")  # the dpo stage: the chat model tuned on preferences (if enabled)
 ONNX_DIR = Path("models/onnx")  # the export stage: model.onnx, bpe.json, styles.json, ...
 ONNX_MODEL = ONNX_DIR / "model.onnx"  # what `bardlet chat`, `serve` and `generate` load
 HF_DIR = Path("models/hf")  # `bardlet export-hf` writes it, `bardlet push` uploads it

@@ -374,14 +374,15 @@ def prepared_table(prepared: Json) -> str:
         split = [f"{fmt(_get(c, f'{s}_conversations'))} conversations" for s in ("train", "val")]
         notes = [f"{fmt(_get(c, 'files'))} file(s)"] if _get(c, "files") else []
         if _get(c, "trees") is not None:  # OASST1: what happened to its messages
-            notes.append(
-                f"{fmt(_get(c, 'messages'))} messages ({fmt(_get(c, 'deleted'))} deleted, "
-                f"{fmt(_get(c, 'rejected'))} rejected, {fmt(_get(c, 'orphans'))} orphans) in "
-                f"{fmt(_get(c, 'trees'))} trees"
-            )
+            counts = [fmt(_get(c, k)) for k in ("messages", "deleted", "rejected", "orphans")]
+            notes.append("{} messages ({} deleted, {} rejected, {} orphans)".format(*counts))
+            notes[-1] += f" in {fmt(_get(c, 'trees'))} trees"
         dropped = _get(c, "dropped") or {}
         notes.append("left out: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
         rows.append((name, "sft", *split, "; ".join(notes)))
+    for name, c in (_get(prepared, "prefs") or {}).items():  # preference pairs (dpo stage)
+        pairs = [f"{fmt(_get(c, f'{s}_pairs'))} pairs" for s in ("train", "val")]
+        rows.append((name, "dpo", *pairs, ""))
     return table(("source", "for", "train", "val", "notes"), rows)
 
 

@@ -31,7 +31,15 @@ from bardlet.runtime.sampling import Style
 from bardlet.runtime.session import OnnxLM
 from bardlet.tokenizer import AnyTokenizer, load_tokenizer
 from bardlet.training import checkpoint
-from stages.paths import CHAT_MODEL, LOCAL_REPORTS, ONNX_DIR, REPORTS, SHARDS, TOKENIZER_DIR
+from stages.paths import (
+    CHAT_MODEL,
+    DPO_MODEL,
+    LOCAL_REPORTS,
+    ONNX_DIR,
+    REPORTS,
+    SHARDS,
+    TOKENIZER_DIR,
+)
 
 ONNXRUNTIME_MEASURED = ("parity_max_abs_diff", "fp32_bpb", "int8_bpb", "int8_bpb_delta_percent")
 
@@ -96,7 +104,8 @@ def main() -> None:
     all_params = load_params()
     params = all_params.export
     tokenizer = load_tokenizer(TOKENIZER_DIR)
-    model, info = checkpoint.load(CHAT_MODEL)
+    # The chat model, or with dpo.enabled the one tuned on preferences.
+    model, info = checkpoint.load(DPO_MODEL if all_params.dpo.enabled else CHAT_MODEL)
     # Built beside models/onnx, swapped in when complete: a failure leaves the old one.
     with new_folder(ONNX_DIR) as folder:
         report = build(folder, params, all_params.chat.styles, tokenizer, model, info)

@@ -9,6 +9,7 @@ from pathlib import Path
 from bardlet.defaults import (  # noqa: F401 (re-exported)
     BASE_MODEL,
     CHAT_MODEL,
+    DPO_MODEL,
     ONNX_DIR,
     PLOTS,
     REPORTS,
@@ -20,6 +21,7 @@ RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
 CORPUS = PREPARED / "corpus"  # <source>/train.txt, val.txt: text to pretrain on
 CHATS = PREPARED / "chats"  # train.jsonl, val.jsonl: one conversation per line
+PREFS = PREPARED / "prefs"  # train.jsonl, val.jsonl: one preference pair a line (dpo)
 SHARDS = Path("data/shards")  # {pretrain,sft}/{train,val}/*.parquet + manifest.json
 CHECKPOINTS = Path("checkpoints")  # resumable training state: git-ignored, not a DVC out
 LOCAL_REPORTS = REPORTS / "local"  # timings and environment: differ per machine, git-ignored

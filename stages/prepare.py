@@ -5,6 +5,8 @@ the last `corpus_val_fraction` of each source's bytes validates (nanoGPT's split
 prepare.chats (default: OASST1) -> data/prepared/chats/{train,val}.jsonl, one checked
 conversation a line, assigned by a stable hash of its id (for OASST, of its message tree), so
 no reply of a validation conversation is ever trained on. Your own files live in data/own/.
+prepare.prefs (default: OASST1's rankings) -> data/prepared/prefs/{train,val}.jsonl, one
+preference pair a line for the dpo stage, split the same way.
 """
 
 import json
@@ -14,12 +16,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bardlet.config import ChatSource, PrepareParams, load_params
-from bardlet.data.chats import Message, checked, read_chats
+from bardlet.data.chats import Message, checked, read_chats, read_pairs
 from bardlet.data.corpus import DataFileError, source_files, write_split_text
-from bardlet.data.oasst import build_conversations, read_all_messages, tree_split
+from bardlet.data.oasst import (
+    build_conversations,
+    preference_pairs,
+    read_all_messages,
+    tree_split,
+)
 from bardlet.data.sources import TINYSHAKESPEARE, oasst1_sources
 from bardlet.files import new_folder, write_json_atomic, write_text_atomic
-from stages.paths import CHATS, CORPUS, PREPARED, RAW, REPORTS
+from stages.paths import CHATS, CORPUS, PREFS, PREPARED, RAW, REPORTS
 
 Conversations = Iterable[tuple[str, list[Message]]]
 
@@ -55,6 +62,31 @@ def own_chats(source: ChatSource, params: PrepareParams, counts: dict[str, Any])
             yield f"{source.label}/{conversation_id}", messages
 
 
+def write_pairs(params: PrepareParams, full: bool, folder: Path) -> dict[str, Any]:
+    """The preference pairs of every prepare.prefs source, split like the conversations (OASST1
+    by tree), written a JSON line each; their counts per source."""
+    counts: dict[str, Any] = {}
+    lines: dict[str, list[str]] = {"train": [], "val": []}
+    for source in params.prefs:
+        if isinstance(source, str):  # oasst1: the rankers' preferences
+            files = [RAW / s.path for s in oasst1_sources(full)]
+            messages, _ = read_all_messages(files, lang=params.oasst_lang)
+            name, pairs = source, [(p["tree"], p) for p in preference_pairs(messages)]
+        else:  # split by the same rule as your conversations: source/id
+            name, files = source.label, source_files(source.path)
+            pairs = [(f"{name}/{p['id']}", p) for path in files for p in read_pairs(path)]
+        found = {"train": 0, "val": 0}
+        for key, pair in pairs:
+            split = tree_split(key, params.chats_val_percent)
+            row = {k: pair[k] for k in ("prompt", "chosen", "rejected")}
+            lines[split].append(json.dumps({"source": name, "id": pair["id"], **row}) + "\n")
+            found[split] += 1
+        counts[name] = {"train_pairs": found["train"], "val_pairs": found["val"]}
+    for split, rows in lines.items():
+        write_text_atomic(folder / PREFS.name / f"{split}.jsonl", "".join(rows))
+    return counts
+
+
 def chats_text(conversations: list[Conversation], folder: Path) -> dict[str, int]:
     """The corpus source `oasst1`: the message text of the OASST1 conversations, train from
     train and val from val (so pretraining never sees a validation reply)."""
@@ -71,7 +103,7 @@ def chats_text(conversations: list[Conversation], folder: Path) -> dict[str, int
 def main() -> None:
     all_params = load_params()
     params = all_params.prepare
-    report: dict[str, Any] = {"corpus": {}, "chats": {}}
+    report: dict[str, Any] = {"corpus": {}, "chats": {}, "prefs": {}}
     kept: list[Conversation] = []
     # Built beside data/prepared and swapped in whole: a failure leaves the previous data.
     with new_folder(PREPARED) as folder:
@@ -124,6 +156,7 @@ def main() -> None:
             report["corpus"][name] = write_split_text(
                 files, fmt, column, params.corpus_val_fraction, folder / CORPUS.name / name
             )
+        report["prefs"] = write_pairs(params, all_params.download.oasst1_full, folder)
 
     write_json_atomic(REPORTS / "prepare.json", report)
     print(json.dumps(report, indent=2))

@@ -5,6 +5,7 @@ exported ONNX model; the same pipeline as a Prefect flow; a DVC remote and a fre
 import asyncio
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -74,6 +75,7 @@ STAGES = [
     "shard",
     "pretrain",
     "sft",
+    "dpo",
     "evaluate",
     "export",
     "report",
@@ -610,7 +612,7 @@ def test_changing_one_key_reruns_only_dependent_stages(project):
     params["sft"]["max_steps"] = 4
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run([sys.executable, "-m", "dvc", "repro"], project).stdout
-    assert ran_stages(out) == {"sft", "evaluate", "export", "report"}, out
+    assert ran_stages(out) == {"sft", "dpo", "evaluate", "export", "report"}, out
 
 
 def test_mlflow_runs_nest_under_the_base_model_with_provenance_and_artifacts(project):
@@ -753,6 +755,7 @@ def test_prefect_flow_runs_the_stages_in_order(project):
         "shard",
         "pretrain",
         "sft",
+        "dpo",
         "evaluate",
         "export",
         "report",
@@ -789,6 +792,27 @@ def test_dvc_remote_push_then_pull_in_a_fresh_clone(project, tmp_path):
     # Up to date as it is: `dvc repro` in the clone would run nothing (resume checkpoints
     # are not DVC outs, so their absence changes nothing).
     assert dvc_json(clone, "status") == {}, "a pulled clone must be up to date"
+
+
+def test_dpo_exp_runs_the_chain_and_export_takes_its_model(project):
+    """`dvc exp run -S dpo.enabled=true`: dpo tunes models/chat on the OASST1 pairs, measures
+    before and after on held-out pairs, nests its MLflow run under sft's; export takes it."""
+    sets = ["-S", "dpo.enabled=true", "-S", "dpo.max_steps=3", "-S", "dpo.batch_size=2"]
+    out = run([sys.executable, "-m", "dvc", "exp", "run", *sets], project, timeout=900).stdout
+    assert {"dpo", "export", "report"} <= ran_stages(out) and "pretrain" not in ran_stages(out)
+    numbers = json.loads((project / "reports/dpo.json").read_text())
+    assert numbers["before"]["accuracy"] == 0.5 and numbers["before"]["margin"] == 0.0
+    assert numbers["before"]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert numbers["after"]["loss"] != numbers["before"]["loss"]
+    assert numbers["train_pairs"] > 0 and numbers["val_pairs"] > 0
+    assert numbers["after"]["oasst_bpb"] > 0
+    dpo = (project / "models/dpo/model.safetensors").read_bytes()
+    assert dpo != (project / "models/chat/model.safetensors").read_bytes()
+    run_ids = {name: json.loads((project / f"models/{name}/mlflow.json").read_text())["run_id"]
+               for name in ("chat", "dpo")}  # fmt: skip
+    client = mlflow_client(project)
+    assert client.get_run(run_ids["dpo"]).data.tags["mlflow.parentRunId"] == run_ids["chat"]
+    assert "export/onnx_bytes" in client.get_run(run_ids["dpo"]).data.metrics  # its export
 
 
 def test_pretrain_stage_runs_under_torchrun_with_two_processes(project):

@@ -218,3 +218,35 @@ def _turns_of_text(text: str) -> list[Message]:
         {"role": TEXT_MARKERS[marker], "content": content.strip()}
         for marker, content in zip(pieces[::2], pieces[1::2], strict=True)
     ]
+
+
+# --- preference pairs --------------------------------------------------------------------------
+
+
+def read_pairs(path: Path) -> Iterator[dict[str, Any]]:
+    """Preference pairs of one JSON-lines file, one `{"prompt": [messages], "chosen": text,
+    "rejected": text}` a line: the conversation so far (ending with the user's turn), the
+    better reply and the worse. A line that is not one stops with its file, line and why."""
+    for n, (where, record) in _json_records(path):
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        turns = _turns(where, {"messages": prompt}, "openai") if isinstance(prompt, list) else []
+        replies = [
+            record.get(k) if isinstance(record, dict) else None for k in ("chosen", "rejected")
+        ]
+        why = None
+        if not turns or not all(isinstance(r, str) and r.strip() for r in replies):
+            why = 'expected {"prompt": [{"role": ..., "content": ...}], "chosen": text, "rejected": text}'
+        elif turns[-1]["role"] != "user" or problem(
+            [*turns, {"role": "assistant", "content": "x"}]
+        ):
+            why = "the prompt must be a conversation that ends with the user's turn"
+        elif replies[0] == replies[1]:
+            why = "chosen and rejected are the same text: nothing to prefer"
+        if why:
+            raise DataFileError(f"{where}: {why}")
+        yield {
+            "id": f"{path.name}#{n}",
+            "prompt": turns,
+            "chosen": replies[0],
+            "rejected": replies[1],
+        }

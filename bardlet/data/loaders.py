@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from bardlet.data.shards import read_split, rows_as_arrays
-from bardlet.tokenizer import Tokenizer
+from bardlet.tokenizer import AnyTokenizer
 
 # (inputs, targets) shaped (batch, block_size); targets are -1 where no loss is taken.
 Batch = tuple[np.ndarray, np.ndarray]
@@ -118,7 +118,7 @@ class PackedConversations:
 
     @classmethod
     def from_split(
-        cls, split_dir: Path, tokenizer: Tokenizer, block_size: int, batch_size: int, seed: int
+        cls, split_dir: Path, tokenizer: AnyTokenizer, block_size: int, batch_size: int, seed: int
     ) -> PackedConversations:
         """Pack a chat split written by the shard stage (verified against its manifest)."""
         table = read_split(split_dir, tokenizer.hash)

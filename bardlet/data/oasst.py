@@ -243,27 +243,7 @@ def build_conversations(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if stats is None:
         stats = OasstStats()
-
-    by_id: dict[str, dict] = {}
-    for m in messages:
-        by_id.setdefault(m["message_id"], m)  # first one wins, as in read_messages
-    for m in by_id.values():
-        if m.get("deleted"):
-            stats.deleted += 1
-        elif m.get("review_result") is False:
-            stats.rejected += 1
-
-    children: dict[str, list[dict]] = defaultdict(list)
-    roots = []
-    for m in by_id.values():
-        if m["parent_id"] is None:
-            roots.append(m)
-        elif m["parent_id"] in by_id:
-            children[m["parent_id"]].append(m)
-
-    kept_roots, kept_children, reached = _prune(roots, children, stats)
-    stats.orphans += len(by_id) - reached  # never reached from a root: parent missing, or a cycle
-    stats.trees += len(kept_roots)
+    by_id, kept_roots, kept_children = _trees(messages, stats)
 
     paths: set[tuple[str, ...]] = set()
     for root in kept_roots:
@@ -289,6 +269,63 @@ def build_conversations(
         )
     stats.conversations += len(conversations)
     return conversations
+
+
+def preference_pairs(messages: list[dict]) -> list[dict[str, Any]]:
+    """What the rankers preferred: for every user message with two or more ranked answers, the
+    conversation up to it, the best-ranked answer (`chosen`) and the worst-ranked (`rejected`).
+    `id`: the user message's id; `tree`: its tree, for the split. Same pruning as above."""
+    _, kept_roots, kept_children = _trees(messages, OasstStats())
+    pairs = []
+    stack = [[root] for root in kept_roots]
+    while stack:
+        path = stack.pop()
+        replies = kept_children.get(path[-1]["message_id"], [])
+        ranked = [m for m in replies if m.get("rank") is not None]
+        if (
+            path[-1]["role"] == "prompter"
+            and len(ranked) >= 2
+            and ranked[0]["text"] != ranked[-1]["text"]
+        ):
+            pairs.append(
+                {
+                    "id": path[-1]["message_id"],
+                    "tree": path[0]["message_tree_id"],
+                    "prompt": [{"role": ROLES[m["role"]], "content": m["text"]} for m in path],
+                    "chosen": ranked[0]["text"],  # sorted best first (_prune)
+                    "rejected": ranked[-1]["text"],
+                }
+            )
+        stack.extend([*path, reply] for reply in replies)
+    return sorted(pairs, key=lambda p: (p["tree"], p["id"]))
+
+
+def _trees(
+    messages: list[dict], stats: OasstStats
+) -> tuple[dict[str, dict], list[dict], dict[str, list[dict]]]:
+    """Every message by id, the surviving roots, and each surviving message's surviving
+    replies (best-ranked first); counts go into `stats`."""
+    by_id: dict[str, dict] = {}
+    for m in messages:
+        by_id.setdefault(m["message_id"], m)  # first one wins, as in read_messages
+    for m in by_id.values():
+        if m.get("deleted"):
+            stats.deleted += 1
+        elif m.get("review_result") is False:
+            stats.rejected += 1
+
+    children: dict[str, list[dict]] = defaultdict(list)
+    roots = []
+    for m in by_id.values():
+        if m["parent_id"] is None:
+            roots.append(m)
+        elif m["parent_id"] in by_id:
+            children[m["parent_id"]].append(m)
+
+    kept_roots, kept_children, reached = _prune(roots, children, stats)
+    stats.orphans += len(by_id) - reached  # never reached from a root: parent missing, or a cycle
+    stats.trees += len(kept_roots)
+    return by_id, kept_roots, kept_children
 
 
 def _prune(

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from bardlet.config import TrainParams
+from bardlet.config import DpoParams, TrainParams
 from bardlet.data.loaders import Batch, BatchSource
 from bardlet.evaluation import measure
 from bardlet.model import GPT
@@ -64,7 +64,7 @@ def learning_rate(step: int, params: TrainParams) -> float:
 
 
 def make_optimizer(
-    model: torch.nn.Module, params: TrainParams, device: torch.device
+    model: torch.nn.Module, params: TrainParams | DpoParams, device: torch.device
 ) -> torch.optim.AdamW:
     # Only what trains (LoRA freezes the base: its weights get no gradient and no moments).
     # Weight decay on matrices only: decaying norms' gains would just fight the normalisation.
