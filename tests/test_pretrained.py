@@ -222,3 +222,38 @@ def test_a_pretrained_model_with_its_own_tokenizer_chats_from_onnx(tmp_path, mak
             logits, _, _ = model(torch.tensor([ids]))
             assert int(logits[0, -1].argmax()) == token
             ids.append(token)
+
+
+def test_a_hub_init_is_fetched_once_with_checksums(tmp_path, monkeypatch):
+    """The Hub itself cannot be reached here: snapshot_download is replaced by a copy of a
+    local folder (the only stand-in in this file). The rest is real: the pinned revision is
+    passed on, every file's sha256 is recorded, a folder that still matches is not fetched
+    again, and a changed file is."""
+    import huggingface_hub
+
+    from bardlet.data.sources import CHECKSUMS, fetch_pretrained
+
+    theirs, source = gpt2(tmp_path)
+    theirs.save_pretrained(source)
+    calls = []
+
+    def snapshot_download(repo_id, revision, local_dir, allow_patterns):
+        calls.append((repo_id, revision))
+        import shutil
+
+        shutil.copytree(source, local_dir, dirs_exist_ok=True)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    dest = tmp_path / "hub" / "openai-community--gpt2@abc123"
+    fetch_pretrained("openai-community/gpt2", "abc123", dest)
+    sums = json.loads((dest / CHECKSUMS).read_text())
+    assert calls == [("openai-community/gpt2", "abc123")]
+    assert {"config.json", "model.safetensors"} <= set(sums)
+    fetch_pretrained("openai-community/gpt2", "abc123", dest)
+    assert len(calls) == 1  # checksums match: not fetched again
+    (dest / "config.json").write_text("{}")
+    fetch_pretrained("openai-community/gpt2", "abc123", dest)
+    assert len(calls) == 2  # changed since: fetched again
+    assert GPT.from_pretrained(dest).config.n_layer == 2
