@@ -250,9 +250,9 @@ def build_by_the_nightly_deployment(root: Path, tmp: Path) -> dict:
         return found
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
+def tiny_project(root: Path) -> None:
+    """This repo's tracked files (without the committed results) in `root`, with TINY params,
+    as a fresh git repository with DVC, committed."""
     tracked = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=REPO,
@@ -274,6 +274,12 @@ def project(tmp_path_factory) -> Path:
         run([sys.executable, "-m", "dvc", "init", "-q"], root)
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
     subprocess.run(["git", "commit", "-qm", "tiny"], cwd=root, check=True)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    tiny_project(root)
     first_commit = git(root, "rev-parse", "HEAD")
     first = build_by_the_nightly_deployment(root, tmp_path_factory.mktemp("nightly"))
     # Commit the results (dvc.lock, reports/): HEAD is then the baseline later runs compare to.

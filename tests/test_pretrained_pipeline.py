@@ -3,7 +3,6 @@ random GPT-2 and a small random Llama (grouped-query attention) saved by transfo
 tokenizer.json trained here, through sft, evaluate, export and report to a reply from ONNX."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_pipeline_e2e import REPO, TINY, ran_stages, run
+from tests.test_pipeline_e2e import REPO, TINY, ran_stages, run, tiny_project
 from tests.test_pretrained import gpt2, llama, randomize
 from tests.test_tokenizer_pretrained import byte_level
 
@@ -20,20 +19,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """The tracked files of this repo, tiny params, as a fresh git + DVC project."""
     root = tmp_path_factory.mktemp("pretrained")
-    listed = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
-    for name in subprocess.run(listed, cwd=REPO, capture_output=True, text=True).stdout.split():
-        if not name.startswith(("reports/", "dvc.lock")) and (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", "commit", "-qm", "tiny"], cwd=root, check=True)
+    tiny_project(root)
     return root
 
 
