@@ -2,7 +2,8 @@
 
 Random weights at the real shapes (nothing is downloaded): per shape, in a fresh process
 each, the ONNX export (time, file size; int8 quantization time and size), the runtime's
-greedy decoding speed with the KV cache and its peak memory (fp32 and int8), and SFT
+greedy decoding speed with the KV cache and the peak memory of a process that runs only
+onnxruntime (fp32 and int8), and SFT
 milliseconds per optimizer step (AdamW, batch 1, the default context of 256 tokens).
 
     python bench/pretrained.py --json bench/results/pretrained.json
@@ -57,6 +58,11 @@ def decode_speed(path: Path, new_tokens: int, threads: int) -> dict[str, float]:
 
 
 def worker(job: dict[str, Any]) -> dict[str, Any]:
+    folder = Path(job["folder"])  # "export" writes both files there, for the "run" workers
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    if job["what"] in ("fp32", "int8"):  # a fresh process that loads only onnxruntime
+        path = int8 if job["what"] == "int8" else fp32
+        return {**decode_speed(path, job["tokens"], job["threads"]), **peak()}
     import torch
 
     from bardlet.export import export_onnx, quantize_int8
@@ -83,21 +89,15 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - started)
         return {"ms_per_step": 1000 * sorted(times[1:])[len(times[1:]) // 2], **peak()}
-    with tempfile.TemporaryDirectory() as folder:
-        fp32, int8 = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
-        model = GPT(config).eval()
-        started = time.perf_counter()
-        export_onnx(model, fp32, 17, {})
-        result: dict[str, Any] = {"export_s": time.perf_counter() - started}
-        del model
-        started = time.perf_counter()
-        quantize_int8(fp32, int8)
-        result |= {"int8_s": time.perf_counter() - started}
-        result |= {"onnx_mb": fp32.stat().st_size / 1e6, "int8_mb": int8.stat().st_size / 1e6}
-        path = int8 if job["what"] == "int8" else fp32
-        if job["what"] in ("fp32", "int8"):  # a fresh process per model: its own peak
-            return {**result, **decode_speed(path, job["tokens"], job["threads"]), **peak()}
-    return result
+    model = GPT(config).eval()
+    started = time.perf_counter()
+    export_onnx(model, fp32, 17, {})
+    result: dict[str, Any] = {"export_s": time.perf_counter() - started}
+    del model
+    started = time.perf_counter()
+    quantize_int8(fp32, int8)
+    result |= {"int8_s": time.perf_counter() - started}
+    return result | {"onnx_mb": fp32.stat().st_size / 1e6, "int8_mb": int8.stat().st_size / 1e6}
 
 
 def peak() -> dict[str, float]:
@@ -109,11 +109,16 @@ def main() -> None:
     tokens, steps = (16, 2) if args.quick else (64, 5)
     rows = []
     for shape in SHAPES:
-        for what in ("fp32", "int8", "sft"):
-            job = {"shape": shape, "what": what, "threads": 2, "tokens": tokens, "steps": steps}
-            print(f"{shape} {what} ...", file=sys.stderr, flush=True)
-            result = common.run_worker(__file__, job, timeout=1800)
-            rows.append({"shape": shape, "what": what, **result})
+        with tempfile.TemporaryDirectory() as folder:
+            exported: dict[str, Any] = {}
+            for what in ("export", "fp32", "int8", "sft"):
+                job = {"shape": shape, "what": what, "threads": 2, "folder": folder}
+                print(f"{shape} {what} ...", file=sys.stderr, flush=True)
+                result = common.run_worker(__file__, job | {"tokens": tokens, "steps": steps})
+                if what == "export":
+                    exported = result
+                else:
+                    rows.append({"shape": shape, "what": what, **exported, **result})
     runtime = [r for r in rows if r["what"] != "sft" and "error" not in r]
     sft = [r for r in rows if r["what"] == "sft" and "error" not in r]
     print(
