@@ -93,7 +93,7 @@ def test_the_loss_is_log_2_while_the_policy_is_the_reference(small_tokenizer):
     chosen = reply_logps(model, [c for c, _ in data], cpu)
     rejected = reply_logps(model, [r for _, r in data], cpu)
     loss, margin = dpo_loss((chosen, rejected), (chosen, rejected), beta=0.1)
-    assert float(loss) == pytest.approx(math.log(2)) and torch.all(margin == 0)
+    assert loss.item() == pytest.approx(math.log(2)) and torch.all(margin == 0)
     metrics = preference_metrics(
         model, tiny(small_tokenizer.vocab_size), data, 0.1, cpu
     )  # the same weights (seed 0)

@@ -407,6 +407,7 @@ def test_dvc_metrics_show_lists_the_models_numbers_only(project):
         "reports/sft.json",
         "reports/metrics.json",
         "reports/export.json",
+        "reports/dpo.json",  # {} while dpo.enabled is false
         "reports/local/pretrain.json",  # training time and tokens/s (top-level metrics)
         "reports/local/sft.json",
         "reports/local/export.json",  # what onnxruntime measured here: parity, int8
