@@ -261,6 +261,26 @@ class DpoParams(Section):
     seed: StrictInt
 
 
+class TeacherParams(Section):
+    """The optional teacher stage: a bigger model for `distill` to learn from, trained like
+    pretrain (same text, same loop) with its own shape and any pretrain settings it changes."""
+
+    model: ModelParams
+    pretrain: dict[str, Any]  # pretrain's keys to change, e.g. {max_steps: 3000}; {} = none
+
+
+class DistillParams(Section):
+    """The optional distill stage: the model of `model` trained on pretrain's text with a
+    teacher: loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+
+    enabled: Switch  # false: the stage only says so, and sft starts from models/base
+    # teacher: models/teacher, trained by the teacher stage. init: the pretrained model of
+    # `init` (models/base then holds it, and the tokenizer is its own).
+    teacher: Literal["teacher", "init"]
+    alpha: float = Field(ge=0, le=1, description="the teacher's share of the loss")
+    temperature: float = Field(gt=0, le=100, description="softens both distributions")
+
+
 class EvaluateParams(Section):
     eval_batches: Count
     prompts: list[str]
@@ -326,10 +346,37 @@ class Params(Section):
     model: ModelParams
     pretrain: TrainParams
     sft: SftParams
+    teacher: TeacherParams
+    distill: DistillParams
     dpo: DpoParams
     evaluate: EvaluateParams
     export: ExportParams
     chat: ChatParams
+
+    @model_validator(mode="after")
+    def _teacher_fits(self) -> Params:
+        self.teacher_training()  # its pretrain changes are valid pretrain settings
+        if self.teacher.model.block_size < self.model.block_size:
+            raise ValueError(
+                f"teacher.model.block_size ({self.teacher.model.block_size}) must be at least "
+                f"model.block_size ({self.model.block_size}): the teacher reads the student's "
+                "windows"
+            )
+        if self.distill.teacher == "init" and self.init == "scratch":
+            raise ValueError(
+                "distill.teacher is init but init is scratch: set init to a pretrained model, "
+                "or distill.teacher to teacher (a bigger model the teacher stage trains)"
+            )
+        return self
+
+    def teacher_training(self) -> TrainParams:
+        """pretrain's settings with the teacher's changes."""
+        try:
+            return TrainParams.model_validate(
+                {**self.pretrain.model_dump(), **self.teacher.pretrain}
+            )
+        except ValidationError as error:
+            raise ValueError("teacher.pretrain:\n" + _describe(error)) from None
 
 
 class ParamsError(UserError, ValueError):

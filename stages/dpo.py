@@ -17,11 +17,12 @@ from bardlet.config import load_params
 from bardlet.data.loaders import PackedConversations
 from bardlet.defaults import UserError
 from bardlet.evaluation import measure
-from bardlet.files import new_folder, sha256_file, write_json_atomic, write_text_atomic
+from bardlet.files import sha256_file, write_json_atomic
 from bardlet.tokenizer import load_tokenizer
 from bardlet.training import checkpoint
 from bardlet.training.dpo import encode_pair, preference_metrics, train_dpo
 from bardlet.training.loop import pick_device
+from stages.outputs import switched_off
 from stages.paths import CHAT_MODEL, DPO_MODEL, PREFS, REPORTS, SHARDS, TOKENIZER_DIR
 
 OFF = """# models/dpo
@@ -35,10 +36,7 @@ def main() -> None:
     params = load_params()
     settings = params.dpo
     if not settings.enabled:
-        with new_folder(DPO_MODEL) as folder:
-            write_text_atomic(folder / "README.md", OFF)
-        write_json_atomic(REPORTS / "dpo.json", {})
-        print("dpo.enabled is false: nothing to do (export takes models/chat)")
+        switched_off("dpo", DPO_MODEL, OFF, curves=False)
         return
 
     device = pick_device()

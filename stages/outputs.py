@@ -16,10 +16,11 @@ import numpy as np
 from bardlet import tracking
 from bardlet.config import TrainParams
 from bardlet.data.loaders import Batch, BatchSource
-from bardlet.files import write_csv_atomic, write_json_atomic
+from bardlet.files import new_folder, write_csv_atomic, write_json_atomic, write_text_atomic
 from bardlet.model import GPT
 from bardlet.tokenizer import AnyTokenizer
 from bardlet.training import checkpoint, distributed
+from bardlet.training.distill import Teacher
 from bardlet.training.loop import TrainResult, train
 from stages.paths import CHECKPOINTS, LOCAL_REPORTS, PLOTS, REPORTS
 
@@ -45,12 +46,13 @@ def train_and_save(
     runs: dict[str, str],
     *,
     to_save: Callable[[GPT], Saved] | None = None,
+    teacher: Teacher | None = None,
 ) -> None:
     """Train on (training batches, validation batches), resumable from checkpoints/<name>/,
     then save what `save_training` lists. `identity` (what the model is trained from) must
     match for a checkpoint to be resumed, and goes into the model's config.json; `runs` (the
     MLflow run ids) into mlflow.json beside it. `to_save` turns the trained model into what
-    is saved (default: the model itself)."""
+    is saved (default: the model itself); with a `teacher`, it is distilled."""
     result = train(
         model,
         *data,
@@ -59,6 +61,7 @@ def train_and_save(
         checkpoint_dir=CHECKPOINTS / name,
         report=tracking.log_metrics,
         run_identity={"tokenizer": tokenizer.hash, **identity},
+        teacher=teacher,
     )
     if distributed.is_main():  # under torchrun only rank 0 writes
         info = {"tokenizer_hash": tokenizer.hash, **identity}
@@ -89,3 +92,14 @@ def save_training(
     tracking.log_metrics({f"kept/{k}": v for k, v in result.final.items()})
     tracking.log_metrics({f"speed/{k}": v for k, v in result.speed.items()})
     tracking.log_artifact(PLOTS / f"{name}.csv", "plots")
+
+
+def switched_off(name: str, model_dir: Path, readme: str, curves: bool = True) -> None:
+    """An optional stage that is off still writes its outs, saying so: `model_dir` holds only
+    a README, reports/<name>.json is {} and its curve (if it draws one) is empty."""
+    with new_folder(model_dir) as folder:
+        write_text_atomic(folder / "README.md", readme)
+    write_json_atomic(REPORTS / f"{name}.json", {})
+    if curves:
+        write_csv_atomic(PLOTS / f"{name}.csv", [])
+    print(f"{name} is off: nothing to do ({model_dir}/README.md says how to switch it on)")

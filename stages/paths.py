@@ -24,4 +24,6 @@ CHATS = PREPARED / "chats"  # train.jsonl, val.jsonl: one conversation per line
 PREFS = PREPARED / "prefs"  # train.jsonl, val.jsonl: one preference pair a line (dpo)
 SHARDS = Path("data/shards")  # {pretrain,sft}/{train,val}/*.parquet + manifest.json
 CHECKPOINTS = Path("checkpoints")  # resumable training state: git-ignored, not a DVC out
+TEACHER_MODEL = Path("models/teacher")  # the optional teacher stage's model (distill)
+DISTILL_MODEL = Path("models/distill")  # the optional distill stage's model: sft's start if on
 LOCAL_REPORTS = REPORTS / "local"  # timings and environment: differ per machine, git-ignored

@@ -6,19 +6,21 @@ chat tokens, its context capped at model.block_size), measured on the same valid
 """
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from bardlet import tracking
-from bardlet.config import Params, init_folder, load_params
-from bardlet.data.loaders import TokenWindows
+from bardlet.config import ModelParams, Params, TrainParams, init_folder, load_params
+from bardlet.data.loaders import Batch, TokenWindows
 from bardlet.data.shards import read_tokens
 from bardlet.evaluation import measure
 from bardlet.files import write_csv_atomic, write_json_atomic
 from bardlet.model import GPT, GPTConfig
 from bardlet.tokenizer import AnyTokenizer, load_tokenizer
 from bardlet.training import checkpoint, distributed
+from bardlet.training.distill import Teacher
 from stages.outputs import train_and_save
 from stages.paths import BASE_MODEL, PLOTS, REPORTS, SHARDS, TOKENIZER_DIR
 
@@ -68,14 +70,12 @@ def start_from(folder: Path, params: Params, tokenizer: AnyTokenizer) -> None:
     write_csv_atomic(PLOTS / "pretrain.csv", [row])
 
 
-def main() -> None:
-    params = load_params()
-    settings = params.pretrain
-    tokenizer = load_tokenizer(TOKENIZER_DIR)
-    if (folder := init_folder(params.init)) is not None:
-        start_from(folder, params, tokenizer)
-        return
-    block = params.model.block_size
+def corpus_batches(
+    params: Params, tokenizer: AnyTokenizer, settings: TrainParams, block: int
+) -> tuple[TokenWindows, list[Batch], dict[str, Any]]:
+    """Training windows of `block` tokens drawn by the sources' weights, the validation
+    batches, and what the resume fingerprint and config.json record about the data.
+    pretrain, teacher and distill all train on these."""
     train_tokens, sources = read_tokens(SHARDS / "pretrain/train", tokenizer.hash)
     val_tokens, _ = read_tokens(SHARDS / "pretrain/val", tokenizer.hash)
     weights = {s if isinstance(s, str) else s.label: 1.0 for s in params.prepare.corpus}
@@ -84,31 +84,78 @@ def main() -> None:
     train_data = TokenWindows(train_tokens, block, settings.batch_size, settings.seed, mix)
     val_data = TokenWindows(val_tokens, block, settings.batch_size, settings.seed + 1)
     val_batches = [val_data.batch(i) for i in range(settings.eval_batches)]
+    identity: dict[str, Any] = {"train_tokens": len(train_tokens)}
+    if len(set(weights.values())) > 1:  # what the windows were drawn from
+        identity["corpus_weights"] = weights
+    return train_data, val_batches, identity
 
+
+def train_on_corpus(
+    name: str,
+    shape: ModelParams,
+    settings: TrainParams,
+    model_dir: Path,
+    *,
+    teacher: Teacher | None = None,
+    teacher_info: dict[str, Any] | None = None,
+) -> None:
+    """A new model of `shape`, trained on the corpus with `settings` (and a teacher, if one is
+    given) -> model_dir, reports/<name>.json and the curves. Resumable, tracked in MLflow
+    (a distilled model's run nests under its teacher's)."""
+    params = load_params()
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
+    train_data, val_batches, identity = corpus_batches(
+        params, tokenizer, settings, shape.block_size
+    )
     torch.manual_seed(settings.seed)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, **params.model.model_dump())
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **shape.model_dump())
     model = GPT(config).to(distributed.init())
-    print(f"model: {model.num_params():,} parameters; {len(train_tokens):,} training tokens")
-    run_params = {"model": config.to_dict(), "pretrain": settings.model_dump()}
-    # The parent run of every fine-tune of this base model (see bardlet/tracking.py).
+    print(
+        f"{name}: {model.num_params():,} parameters; {identity['train_tokens']:,} training tokens"
+    )
+    run_params: dict[str, Any] = {"model": config.to_dict(), name: settings.model_dump()}
+    tags, runs = {"stage": name}, {}
+    if teacher is not None and teacher_info is not None:
+        run_params["distill"] = params.distill.model_dump()
+        # In the resume fingerprint and config.json: another teacher is another training.
+        identity["teacher"] = {
+            "model": teacher_info["sha256"],
+            "alpha": teacher.alpha,
+            "temperature": teacher.temperature,
+        }
+        tags["teacher_run_id"] = runs["teacher_run_id"] = teacher_info.get("run_id") or ""
+    # pretrain's run is the parent of every fine-tune of models/base (bardlet/tracking.py).
     with tracking.run(
-        "pretrain",
+        name,
         run_params,
-        {"stage": "pretrain"},
+        tags,
         enabled=distributed.is_main(),  # under torchrun only rank 0 tracks
+        parent_run_id=tags.get("teacher_run_id"),
         tokenizer_hash=tokenizer.hash,
     ) as run_id:
         tracking.log_metrics({"model/params": model.num_params()})
-        for name in ("bpe.json", "tokenizer.json"):
-            tracking.log_artifact(TOKENIZER_DIR / name, "tokenizer")
-        data = (train_data, val_batches)
-        identity: dict = {"train_tokens": len(train_tokens)}
-        if len(set(weights.values())) > 1:  # what the windows were drawn from
-            identity["corpus_weights"] = weights
-        runs = {"run_id": run_id}
-        train_and_save("pretrain", model, data, settings, tokenizer, BASE_MODEL, identity, runs)
-
+        for file in ("bpe.json", "tokenizer.json"):
+            tracking.log_artifact(TOKENIZER_DIR / file, "tokenizer")
+        train_and_save(
+            name,
+            model,
+            (train_data, val_batches),
+            settings,
+            tokenizer,
+            model_dir,
+            identity,
+            {"run_id": run_id, **runs},
+            teacher=teacher,
+        )
     distributed.shutdown()
+
+
+def main() -> None:
+    params = load_params()
+    if (folder := init_folder(params.init)) is not None:
+        start_from(folder, params, load_tokenizer(TOKENIZER_DIR))
+        return
+    train_on_corpus("pretrain", params.model, params.pretrain, BASE_MODEL)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Stage `sft`: fine-tune the base model on OASST1 conversations -> models/chat.
+(The base model is models/base, or models/distill when distill.enabled.)
 
 Same training loop as pretraining; the difference is the data: conversations packed into
 rows, with the loss taken only on the assistant's tokens (the loss mask from the template).
@@ -19,7 +20,7 @@ from bardlet.model import GPT
 from bardlet.tokenizer import load_tokenizer
 from bardlet.training import checkpoint, distributed, lora
 from stages.outputs import Saved, train_and_save
-from stages.paths import BASE_MODEL, CHAT_MODEL, SHARDS, TOKENIZER_DIR
+from stages.paths import BASE_MODEL, CHAT_MODEL, DISTILL_MODEL, SHARDS, TOKENIZER_DIR
 
 
 def merged_with_adapter(settings: LoraParams, base_sha256: str) -> Callable[[GPT], Saved]:
@@ -37,11 +38,13 @@ def merged_with_adapter(settings: LoraParams, base_sha256: str) -> Callable[[GPT
 
 
 def main() -> None:
-    settings = load_params().sft
+    params = load_params()
+    settings = params.sft
     tokenizer = load_tokenizer(TOKENIZER_DIR)
-    model, base_info = checkpoint.load(BASE_MODEL, distributed.init())
+    base = DISTILL_MODEL if params.distill.enabled else BASE_MODEL  # the distilled, if made
+    model, base_info = checkpoint.load(base, distributed.init())
     if base_info["tokenizer_hash"] != tokenizer.hash:
-        raise SystemExit("models/base was trained with another tokenizer: run `dvc repro`")
+        raise SystemExit(f"{base} was trained with another tokenizer: run `dvc repro`")
     block = model.config.block_size
     train_data, val_data = (
         PackedConversations.from_split(
@@ -52,7 +55,7 @@ def main() -> None:
     val_batches = list(val_data.sequential())[: settings.eval_batches]
     print(f"sft: {len(train_data.rows):,} packed rows of {block} tokens")
 
-    identity: dict[str, object] = {"base_model": sha256_file(BASE_MODEL / checkpoint.WEIGHTS)}
+    identity: dict[str, object] = {"base_model": sha256_file(base / checkpoint.WEIGHTS)}
     to_save = None
     if settings.lora.rank:
         total = model.num_params()

@@ -110,3 +110,31 @@ def test_every_value_lives_in_params_yaml():
         del raw[section][key]
         with pytest.raises(ParamsError, match=rf"{section}\.{key}: required key is missing"):
             validate_params(raw)
+
+
+def test_the_teachers_changes_to_pretrain_are_checked_as_pretrain_settings():
+    raw = raw_params()
+    raw["teacher"]["pretrain"] = {"max_step": 10}  # typo for max_steps
+    with pytest.raises(ParamsError, match=r"teacher\.pretrain:\s+max_step: unknown key"):
+        validate_params(raw)
+    raw["teacher"]["pretrain"] = {"max_steps": 0}
+    with pytest.raises(ParamsError, match=r"teacher\.pretrain:\s+max_steps: .*greater than 0"):
+        validate_params(raw)
+    raw["teacher"]["pretrain"] = {"max_steps": 3000, "learning_rate": 0.001}
+    training = validate_params(raw).teacher_training()
+    assert (training.max_steps, training.learning_rate) == (3000, 0.001)
+    assert training.batch_size == raw["pretrain"]["batch_size"]  # the rest is pretrain's
+
+
+def test_a_teacher_must_read_the_students_windows_and_init_must_be_pretrained():
+    raw = raw_params()
+    raw["teacher"]["model"]["block_size"] = raw["model"]["block_size"] // 2
+    with pytest.raises(ParamsError, match=r"teacher\.model\.block_size .* at least"):
+        validate_params(raw)
+    raw = raw_params()
+    raw["distill"]["teacher"] = "init"  # with init: scratch there is no pretrained model
+    with pytest.raises(ParamsError, match=r"distill\.teacher is init but init is scratch"):
+        validate_params(raw)
+    raw["distill"]["teacher"] = "models/big"
+    with pytest.raises(ParamsError, match=r"distill\.teacher: .*'teacher' or 'init'"):
+        validate_params(raw)

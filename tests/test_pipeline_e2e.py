@@ -74,6 +74,8 @@ STAGES = [
     "tokenizer",
     "shard",
     "pretrain",
+    "teacher",
+    "distill",
     "sft",
     "dpo",
     "evaluate",
@@ -408,6 +410,8 @@ def test_dvc_metrics_show_lists_the_models_numbers_only(project):
         "reports/metrics.json",
         "reports/export.json",
         "reports/dpo.json",  # {} while dpo.enabled is false
+        "reports/teacher.json",  # {} while distill.enabled is false
+        "reports/distill.json",
         "reports/local/pretrain.json",  # training time and tokens/s (top-level metrics)
         "reports/local/sft.json",
         "reports/local/export.json",  # what onnxruntime measured here: parity, int8
@@ -761,6 +765,8 @@ def test_prefect_flow_runs_the_stages_in_order(project):
         "tokenizer",
         "shard",
         "pretrain",
+        "teacher",
+        "distill",
         "sft",
         "dpo",
         "evaluate",
@@ -820,6 +826,46 @@ def test_dpo_exp_runs_the_chain_and_export_takes_its_model(project):
     client = mlflow_client(project)
     assert client.get_run(run_ids["dpo"]).data.tags["mlflow.parentRunId"] == run_ids["chat"]
     assert "export/onnx_bytes" in client.get_run(run_ids["dpo"]).data.metrics  # its export
+
+
+def test_distill_exp_trains_a_teacher_then_the_student_and_sft_starts_from_it(project):
+    """`dvc exp run -S distill.enabled=true`: the teacher stage trains teacher.model, distill
+    trains the `model` shape with it (its MLflow run nested under the teacher's), sft starts
+    from models/distill; a teacher with another tokenizer is refused by name."""
+    sets = ["-S", "distill.enabled=true", "-S", "teacher.model.n_layer=2"]
+    out = run([sys.executable, "-m", "dvc", "exp", "run", *sets], project, timeout=900).stdout
+    assert {"teacher", "distill", "sft", "export"} <= ran_stages(out), out
+    assert "pretrain" not in ran_stages(out)
+    teacher, student = (json.loads((project / f"reports/{n}.json").read_text())
+                        for n in ("teacher", "distill"))  # fmt: skip
+    assert teacher["params"] > student["params"] and 0 < student["val_bpb"] < 20
+
+    def sha(path: str) -> str:
+        return hashlib.sha256((project / path).read_bytes()).hexdigest()
+
+    distilled = json.loads((project / "models/distill/config.json").read_text())
+    assert distilled["teacher"] == {"model": sha("models/teacher/model.safetensors"),
+                                    "alpha": 0.5, "temperature": 2.0}  # fmt: skip
+    chat = json.loads((project / "models/chat/config.json").read_text())
+    assert chat["base_model"] == sha("models/distill/model.safetensors")
+    run_ids = {name: json.loads((project / f"models/{name}/mlflow.json").read_text())["run_id"]
+               for name in ("teacher", "distill", "chat")}  # fmt: skip
+    client = mlflow_client(project)
+    distill_run = client.get_run(run_ids["distill"]).data
+    assert distill_run.tags["mlflow.parentRunId"] == run_ids["teacher"]
+    assert distill_run.tags["teacher_run_id"] == run_ids["teacher"]
+    assert client.get_run(run_ids["chat"]).data.tags["mlflow.parentRunId"] == run_ids["distill"]
+
+    config_path = project / "models/teacher/config.json"
+    original = config_path.read_text()
+    try:
+        config_path.write_text(original.replace(distilled["tokenizer_hash"], "0" * 64))
+        refused = subprocess.run([sys.executable, "-m", "stages.distill"], cwd=project,
+                                 capture_output=True, text=True, timeout=300)  # fmt: skip
+    finally:
+        config_path.write_text(original)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "another tokenizer" in refused.stderr and "share" in refused.stderr
 
 
 def test_pretrain_stage_runs_under_torchrun_with_two_processes(project):

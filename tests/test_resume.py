@@ -26,6 +26,7 @@ from safetensors.torch import save_model
 from bardlet.config import TrainParams, load_params
 from bardlet.data.loaders import TokenWindows
 from bardlet.model import GPT, GPTConfig
+from bardlet.training.distill import Teacher
 from bardlet.training.loop import train
 
 out = Path(sys.argv[1])
@@ -47,21 +48,31 @@ class Slow:  # gives the test time to kill us mid-run
         import time; time.sleep(step_delay)
         return data.batch(step)
 
+teacher = None
+if sys.argv[5] == "teacher":  # distillation: a fixed teacher, its own seed
+    torch.manual_seed(1)
+    teacher = Teacher(GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=64,
+                      dropout=0.0, mlp_ratio=2, tie_embeddings=True)), alpha=0.5, temperature=2.0)
 train(model, Slow(), val, params, np.ones(64, dtype=np.int64),
-      checkpoint_dir=out / "ckpt", log=lambda line: print(line, flush=True))
+      checkpoint_dir=out / "ckpt", log=lambda line: print(line, flush=True), teacher=teacher)
 save_model(model, str(out / "final.safetensors"))
 print("finished", flush=True)
 """
 
 
 def launch(
-    tmp: Path, folder: str, delay: float = 0.0, ema: float = 0.0, keep: str = "last"
+    tmp: Path,
+    folder: str,
+    delay: float = 0.0,
+    ema: float = 0.0,
+    keep: str = "last",
+    teacher: str = "none",
 ) -> subprocess.Popen:
     script = tmp / "train_script.py"
     script.write_text(SCRIPT.replace("PARAMS_YAML", str(REPO / "params.yaml")))
     (tmp / folder).mkdir(exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, str(script), str(tmp / folder), str(delay), str(ema), keep],
+        [sys.executable, str(script), str(tmp / folder), str(delay), str(ema), keep, teacher],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -88,23 +99,26 @@ def final_weights(tmp: Path, folder: str) -> dict[str, torch.Tensor]:
 
 
 # With ema_decay the moving average is part of the state too (and it is what the run returns);
-# with keep_best, the best weights so far are as well.
-@pytest.mark.parametrize(("ema", "keep"), [(0.0, "last"), (0.9, "last"), (0.9, "best")])
-def test_sigkill_then_resume_is_bit_identical(tmp_path, ema, keep):
-    reference = launch(tmp_path, "reference", ema=ema, keep=keep)
+# with keep_best, the best weights so far are as well. Distillation (a teacher) resumes the same.
+@pytest.mark.parametrize(
+    ("ema", "keep", "teacher"),
+    [(0.0, "last", "none"), (0.9, "last", "none"), (0.9, "best", "none"), (0.0, "last", "teacher")],
+)
+def test_sigkill_then_resume_is_bit_identical(tmp_path, ema, keep, teacher):
+    reference = launch(tmp_path, "reference", ema=ema, keep=keep, teacher=teacher)
     out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out
 
     # Random, but leaving the victim at least 10 slowed steps (0.5 s) to be killed in.
     kill_at = random.Random().randint(4, 30)
-    victim = launch(tmp_path, "killed", delay=0.05, ema=ema, keep=keep)
+    victim = launch(tmp_path, "killed", delay=0.05, ema=ema, keep=keep, teacher=teacher)
     wait_for_step(victim, kill_at)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL, f"killed at {kill_at}"
     assert not (tmp_path / "killed" / "final.safetensors").exists(), f"killed at {kill_at}"
 
-    resumed = launch(tmp_path, "killed", ema=ema, keep=keep)
+    resumed = launch(tmp_path, "killed", ema=ema, keep=keep, teacher=teacher)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, f"killed at {kill_at}: {out}"
     assert "resuming from" in out or kill_at < 3, out

@@ -143,14 +143,15 @@ def train_dpo(
             ref = _logps(reference, chosen, device)
         loss, margin = dpo_loss(_logps(model, chosen, device), ref, params.beta)
         loss.backward()
+        value = loss.detach().item()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip or math.inf)
-        if not (math.isfinite(float(loss)) and math.isfinite(float(norm))):
+        if not (math.isfinite(value) and math.isfinite(float(norm))):
             raise FloatingPointError(f"dpo diverged at step {step + 1}: lower dpo.learning_rate")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        metrics = {"dpo/loss": float(loss), "dpo/margin": float(margin.mean()), "dpo/lr": lr}
+        metrics = {"dpo/loss": value, "dpo/margin": float(margin.detach().mean()), "dpo/lr": lr}
         report(metrics, step + 1)
         if (step + 1) % params.log_interval == 0 or step + 1 == params.max_steps:
-            log(f"dpo step {step + 1}/{params.max_steps} | loss {float(loss):.4f} | "
-                f"margin {float(margin.mean()):+.4f}")  # fmt: skip
+            log(f"dpo step {step + 1}/{params.max_steps} | loss {value:.4f} | "
+                f"margin {metrics['dpo/margin']:+.4f}")  # fmt: skip
     model.eval()

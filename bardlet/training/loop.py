@@ -11,7 +11,8 @@ the same weights, bit for bit, as one that never stopped. SIGINT / SIGTERM finis
 current step, save a checkpoint and exit.
 
 The loop trains whatever requires a gradient: every weight, or only the LoRA adapters that
-bardlet/training/lora.py puts on a frozen model (the optimizer gets only those).
+bardlet/training/lora.py puts on a frozen model (the optimizer gets only those). With a
+`teacher` (bardlet/training/distill.py) the loss blends in the teacher's distribution.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from bardlet.data.loaders import Batch, BatchSource
 from bardlet.evaluation import measure
 from bardlet.model import GPT
 from bardlet.training import checkpoint, distributed
+from bardlet.training.distill import Teacher, distillation_loss
 
 
 def pick_device() -> torch.device:
@@ -132,6 +134,7 @@ def train(
     run_identity: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     report: Callable[[dict[str, float], int], None] = lambda _metrics, _step: None,
+    teacher: Teacher | None = None,
 ) -> TrainResult:
     """Train `model` in place for params.max_steps optimizer steps.
 
@@ -141,6 +144,7 @@ def train(
     matches these settings. At the end the model holds the weights with the best validation
     loss (keep_best) or the last ones; with ema_decay > 0, their moving average. Metrics leave
     through `report(metrics, step)` (the stages pass MLflow's logger) and `log` (the console).
+    With a `teacher`, the training loss is the distillation loss (validation stays plain).
     """
     device = next(model.parameters()).device
     if params.threads:
@@ -222,12 +226,19 @@ def train(
                 y = torch.from_numpy(targets).to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
                     logits, _, _ = forward(x)
-                loss = F.cross_entropy(
-                    logits.float().reshape(-1, logits.shape[-1]),
-                    y.reshape(-1),
-                    ignore_index=-1,
-                    label_smoothing=params.label_smoothing,
-                )
+                    taught = teacher.logits(x) if teacher is not None else None
+                if teacher is None or taught is None:
+                    loss = F.cross_entropy(
+                        logits.float().reshape(-1, logits.shape[-1]),
+                        y.reshape(-1),
+                        ignore_index=-1,
+                        label_smoothing=params.label_smoothing,
+                    )
+                else:
+                    loss = distillation_loss(
+                        logits, taught, y, teacher.alpha, teacher.temperature,
+                        params.label_smoothing,
+                    )  # fmt: skip
                 (loss / params.grad_accum).backward()
                 loss_sum += float(loss.detach())
             # The gradient norm, clipped to grad_clip (0: measured, not clipped).
