@@ -13,7 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bardlet.data.chat_template import Message
 from bardlet.files import write_text_atomic
-from bardlet.runtime.conversation import fit_conversation, load_styles, reply
+from bardlet.retrieval.index import Index, Passage
+from bardlet.retrieval.memory import Memory
+from bardlet.runtime.conversation import (
+    MEMORY_SHARE,
+    fit_conversation,
+    load_styles,
+    pick_recalled,
+    pick_sources,
+    reply,
+    system_with,
+)
 from bardlet.runtime.sampling import Sampling
 from bardlet.runtime.session import OnnxLM
 
@@ -32,7 +42,9 @@ HELP = """commands:
   /system TEXT     set the system prompt (/system alone removes it)
   /style NAME      a preset of system prompt + sampling (/style alone lists them)
   /settings        show the current settings
-  /clear           forget the conversation
+  /clear           forget the conversation (a --memory file keeps it)
+  /memory          list the conversations stored in the --memory file
+  /forget [ID|all] delete this conversation (or that one, or all) from the --memory file
   /save FILE       write the conversation to a JSON file
   /load FILE       read a conversation saved with /save
   /exit            leave (or Ctrl-D); Ctrl-C stops a reply"""
@@ -69,7 +81,12 @@ class Transcript(BaseModel):
 class Chat:
     """A multi-turn conversation with an exported model: the prompt is the whole conversation
     in the chat template. When it no longer fits the context beside room for a reply, the
-    oldest turns go (the system prompt stays); a single message that cannot fit is refused."""
+    oldest turns go (the system prompt stays); a single message that cannot fit is refused.
+
+    With `docs` (an index), the passages that best match each message go into the prompt and
+    `sources` holds them for citing. With `memory`, every turn is stored as it is said, and
+    remembered turns that match a new message come back into the prompt.
+    """
 
     def __init__(
         self,
@@ -77,6 +94,8 @@ class Chat:
         settings: Sampling | None = None,
         system: str | None = None,
         max_new_tokens: int = MAX_NEW_TOKENS,
+        docs: Index | None = None,
+        memory: Memory | None = None,
     ) -> None:
         """Starts in the `default` style unless `settings` (and `system`) are given."""
         self.lm = lm
@@ -87,13 +106,30 @@ class Chat:
         self.max_new_tokens = max_new_tokens
         self.messages: list[Message] = []
         self.style: str | None = None if settings is not None else "default"
+        self.docs, self.memory = docs, memory
+        self.sources: list[Passage] = []  # what the last reply was given to read
 
     def _prompt(self) -> list[int]:
-        """The prompt ids; drops the oldest exchanges (never the newest message) to fit."""
-        reply_room = min(self.max_new_tokens, self.lm.block_size // 4)
-        self.messages, ids = fit_conversation(
-            self.lm.tokenizer, self.messages, self.system, self.lm.block_size, reply_room
-        )
+        """The prompt ids; drops the oldest exchanges (never the newest message) to fit, after
+        the sources and remembered turns (runtime/conversation.py shares out the context)."""
+        tokenizer, block = self.lm.tokenizer, self.lm.block_size
+        reply_room = min(self.max_new_tokens, block // 4)
+        question = self.messages[-1]["content"]
+        found = self.docs.search(question, k=4) if self.docs else []
+        self.sources = pick_sources(tokenizer, found, block)
+        system = system_with(self.system, self.sources)
+        if self.memory is not None:
+            try:  # what stays in the prompt with room kept for memories; the rest may return
+                room = reply_room + int(block * MEMORY_SHARE)
+                kept, _ = fit_conversation(tokenizer, self.messages, system, block, room)
+                in_prompt = {(m["role"], m["content"]) for m in kept}
+                recalled = self.memory.recall(question, k=4, leave_out=in_prompt)
+                system = system_with(
+                    self.system, self.sources, pick_recalled(tokenizer, recalled, block)
+                )
+            except ValueError:  # no room to spare: nothing recalled
+                pass
+        self.messages, ids = fit_conversation(tokenizer, self.messages, system, block, reply_room)
         return ids
 
     def reply(self, user_text: str) -> Generator[str, None, None]:
@@ -105,13 +141,22 @@ class Chat:
         except ValueError:
             self.messages.pop()
             raise
+        if self.memory is not None:
+            self.memory.add("user", user_text)  # stored (committed) before the reply starts
         shown: list[str] = []
         try:
             for piece in reply(self.lm, prompt, self.max_new_tokens, self.settings).pieces():
                 shown.append(piece)
                 yield piece
         finally:
-            self.messages.append({"role": "assistant", "content": "".join(shown)})
+            said = "".join(shown)
+            self.messages.append({"role": "assistant", "content": said})
+            if self.memory is not None:
+                self.memory.add("assistant", said)
+
+    def footnotes(self) -> str:
+        """The last reply's sources, numbered as in the prompt: [1] docs/walkthrough.md:12-20."""
+        return "\n".join(f"[{i}] {p.place()}" for i, p in enumerate(self.sources, 1))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -208,6 +253,18 @@ def command(chat: Chat, line: str) -> str | None:
     if name == "/clear":
         chat.messages = []
         return "(conversation cleared)"
+    if name in ("/memory", "/forget") and chat.memory is None:
+        raise ValueError(f"{name}: no memory file; start with `bardlet chat --memory FILE`")
+    if name == "/memory" and chat.memory is not None:
+        rows = [
+            f"{'*' if session == chat.memory.session else ' '} {session}  {count:>4} turns  "
+            f"{first[:50]!r}"
+            for session, count, first in chat.memory.sessions()
+        ]
+        return "\n".join([f"{chat.memory.path} (* = this conversation):", *rows])
+    if name == "/forget" and chat.memory is not None:
+        gone = chat.memory.forget(arg or None)
+        return f"(forgot {gone} turns of {arg or 'this conversation'})"
     if name == "/settings":
         return _describe(chat)
     if name == "/help":
@@ -252,3 +309,5 @@ def repl(
             finally:
                 pieces.close()
             emit("\n")
+            if chat.docs is not None and chat.sources:
+                emit(chat.footnotes() + "\n")

@@ -12,6 +12,7 @@ import typer
 from bardlet.defaults import (
     BASE_MODEL,
     CHAT_MODEL,
+    DOCS_INDEX,
     HF_DIR,
     ONNX_MODEL,
     READ_TIMEOUT,
@@ -21,6 +22,7 @@ from bardlet.defaults import (
 from bardlet.tokenizer.cli import app as tokenizer_app
 
 if TYPE_CHECKING:
+    from bardlet.retrieval.index import Index
     from bardlet.runtime.sampling import Style
     from bardlet.runtime.session import OnnxLM
 
@@ -53,6 +55,15 @@ Temperature = Annotated[float | None, typer.Option("--temperature", "-t", show_d
 TopK = Annotated[int | None, typer.Option("--top-k", show_default=FromStyle)]
 TopP = Annotated[float | None, typer.Option("--top-p", show_default=FromStyle)]
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", "-n", min=1)]
+DocsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--docs",
+        help=f"A document index (`bardlet index`; the pipeline builds {DOCS_INDEX}): the "
+        "passages that best match each message go into the prompt, cited under the reply.",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -107,15 +118,30 @@ def chat(
     seed: Annotated[int | None, typer.Option("--seed", "-s", min=0)] = None,
     max_new_tokens: MaxNewTokens = 128,
     style: StyleOption = "default",
+    docs: DocsOption = None,
+    memory: Annotated[
+        Path | None,
+        typer.Option(
+            "--memory",
+            help="A SQLite file (created if missing) that keeps every turn of every chat; "
+            "turns that match a new message come back into the prompt. /memory, /forget.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Chat with the model in the terminal (multi-turn; /help for commands)."""
     from bardlet.chat import Chat, repl
+    from bardlet.retrieval.memory import Memory
 
     lm = _load(model)
     chosen = _style(
         lm, style, system=system, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
-    session = Chat(lm, chosen.sampling(), chosen.system, max_new_tokens)
+    try:
+        remembered = Memory(memory) if memory else None
+    except ValueError as error:
+        _fail(error)
+    session = Chat(lm, chosen.sampling(), chosen.system, max_new_tokens, _docs(docs), remembered)
     session.style = style
     if sys.stdin.isatty():
         with contextlib.suppress(ImportError):
@@ -152,6 +178,7 @@ def serve(
         ),
     ] = READ_TIMEOUT,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    docs: DocsOption = None,
 ) -> None:
     """Serve the model: OpenAI-compatible HTTP API under /v1 and a chat page at /."""
     import uvicorn
@@ -167,12 +194,49 @@ def serve(
     # through a DNS name that resolves to 127.0.0.1 (DNS rebinding).
     hosts = LOOPBACK_HOSTS if loopback else ()
     try:
-        app_ = create_app(lm, api_key, allowed_hosts=hosts, read_timeout=read_timeout)
+        app_ = create_app(
+            lm, api_key, allowed_hosts=hosts, read_timeout=read_timeout, docs=_docs(docs)
+        )
     except ValueError as error:  # a broken styles.json
         _fail(error)
     protocol = type("Protocol", (DeadlineH11Protocol,), {"read_timeout": read_timeout})
     typer.echo(f"bardlet: http://{host}:{port}/  (API at /v1, schema at /openapi.json)", err=True)
     uvicorn.run(app_, host=host, port=port, log_level=log_level.lower(), http=protocol)
+
+
+@app.command()
+def index(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Files and folders: .txt .md .csv .pdf .html")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The index file (SQLite).")] = DOCS_INDEX,
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="Passages are counted in this model's tokens.")
+    ] = ONNX_MODEL.parent,
+    passage_tokens: Annotated[int, typer.Option("--passage-tokens", min=8)] = 48,
+    overlap: Annotated[int, typer.Option("--overlap", min=0)] = 8,
+    max_mb: Annotated[float, typer.Option("--max-mb", min=0, help="Skip bigger files.")] = 20,
+) -> None:
+    """Index documents for `chat --docs` and `serve --docs`: passages in SQLite full-text
+    search (BM25). Run it again after editing: only changed files are read again."""
+    from bardlet.retrieval.index import build_index
+    from bardlet.tokenizer import load_tokenizer
+
+    folder = model if model.is_dir() else model.parent
+    try:
+        tokenizer = load_tokenizer(folder)
+        report = build_index(
+            out,
+            paths,
+            lambda text: len(tokenizer.encode(text)),
+            tokenizer.hash,
+            passage_tokens,
+            overlap,
+            int(max_mb * 1e6),
+        )
+    except (FileNotFoundError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"{out}: {report.summary()}")
 
 
 @app.command("export-hf")
@@ -275,6 +339,15 @@ def _load(model: Path, threads: int = 0) -> OnnxLM:
         if (model / "model.safetensors").exists():  # a training checkpoint, not an export
             model = _export_checkpoint(model)
         return OnnxLM(model, threads=threads)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(error)
+
+
+def _docs(path: Path | None) -> Index | None:
+    from bardlet.retrieval.index import Index
+
+    try:
+        return Index(path) if path else None
     except (FileNotFoundError, ValueError) as error:
         _fail(error)
 

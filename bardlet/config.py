@@ -281,6 +281,36 @@ class DistillParams(Section):
     temperature: float = Field(gt=0, le=100, description="softens both distributions")
 
 
+DOCS_FOLDERS = ("docs", OWN_DATA)  # the index stage's DVC deps: rag.docs must be inside
+
+
+def _check_docs_path(value: str) -> str:
+    parts = Path(value).parts
+    if ".." not in parts and any(
+        parts[: len(Path(f).parts)] == Path(f).parts for f in DOCS_FOLDERS
+    ):
+        return value
+    raise ValueError(
+        f"{value!r} is outside docs/ and {OWN_DATA}/: put your documents there (the index "
+        "stage depends on those folders, so editing a document re-runs it)"
+    )
+
+
+class RagParams(Section):
+    """The index stage: documents for `bardlet chat --docs` (bardlet/retrieval/)."""
+
+    docs: list[Annotated[str, AfterValidator(_check_docs_path)]] = Field(min_length=1)
+    passage_tokens: StrictInt = Field(ge=8, le=1024)
+    overlap: StrictInt = Field(ge=0)
+    max_file_mb: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RagParams:
+        if self.overlap >= self.passage_tokens:
+            raise ValueError(f"overlap ({self.overlap}) must be below passage_tokens")
+        return self
+
+
 class EvaluateParams(Section):
     eval_batches: Count
     prompts: list[str]
@@ -349,6 +379,7 @@ class Params(Section):
     teacher: TeacherParams
     distill: DistillParams
     dpo: DpoParams
+    rag: RagParams
     evaluate: EvaluateParams
     export: ExportParams
     chat: ChatParams

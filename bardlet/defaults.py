@@ -14,6 +14,7 @@ CHAT_MODEL = Path("models/chat")  # the sft stage's checkpoint (merged weights, 
 DPO_MODEL = Path("models/dpo")  # the dpo stage: the chat model tuned on preferences (if enabled)
 ONNX_DIR = Path("models/onnx")  # the export stage: model.onnx, bpe.json, styles.json, ...
 ONNX_MODEL = ONNX_DIR / "model.onnx"  # what `bardlet chat`, `serve` and `generate` load
+DOCS_INDEX = Path("models/docs.sqlite")  # the index stage: rag.docs, searchable (chat --docs)
 HF_DIR = Path("models/hf")  # `bardlet export-hf` writes it, `bardlet push` uploads it
 REPORTS = Path("reports")  # metrics.json, export.json, ...: dvc metrics and the report card
 PLOTS = REPORTS / "plots"  # training curves against steps (dvc plots)

@@ -9,6 +9,7 @@ from pathlib import Path
 from bardlet.defaults import (  # noqa: F401 (re-exported)
     BASE_MODEL,
     CHAT_MODEL,
+    DOCS_INDEX,
     DPO_MODEL,
     ONNX_DIR,
     PLOTS,

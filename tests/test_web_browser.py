@@ -198,3 +198,46 @@ def test_stop_ends_a_long_reply(page, tmp_path):
     # Stop aborts the fetch: that one cancelled request is the only failure allowed.
     aborted = [e for e in page.errors if e.endswith("/v1/chat/completions net::ERR_ABORTED")]
     assert len(aborted) == 1 and [e for e in page.errors if e not in aborted] == []
+
+
+def test_a_reply_shows_its_sources_as_citations_never_as_markup(
+    browser, tmp_path_factory, small_tokenizer, tmp_path
+):
+    """`bardlet serve --docs`: the passages a reply was given are listed under it by file and
+    line; a document's own markup stays text."""
+    from bardlet.retrieval.index import build_index
+
+    root = tmp_path_factory.mktemp("sources")
+    folder = build_tiny_model(root / "onnx", small_tokenizer, 256)
+    docs = root / "docs"
+    docs.mkdir()
+    (docs / "tea.md").write_text(
+        "Brew green tea for two minutes.\nSteep <img src=x onerror=alert(1)> gently.\n"
+    )
+    index = root / "docs.sqlite"
+    build_index(index, [docs], lambda t: len(small_tokenizer.encode(t)), small_tokenizer.hash)
+    served = Server(folder / "model.onnx", "--docs", str(index))
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    context.set_default_timeout(WAIT_MS)
+    try:
+        served.wait_healthy()
+        tab = context.new_page()
+        errors: list[str] = []
+        tab.on("pageerror", lambda error: errors.append(str(error)))
+        tab.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+        tab.goto(served.url + "/")
+        tab.locator("#style option").first.wait_for(state="attached")
+        tab.fill("#max-tokens", "8")
+        tab.fill("#input", "how long should green tea brew?")
+        tab.click("#send")
+        tab.wait_for_selector("#log ol.sources li")
+        items = tab.locator("#log ol.sources li")
+        assert items.count() == 1
+        assert items.first.text_content() == f"{docs.as_posix()}/tea.md:1-2"
+        assert "<img" in (items.first.get_attribute("title") or "")  # the text, as text
+        assert tab.locator("#log img").count() == 0
+        assert errors == []
+        screenshot(tab, tmp_path / "sources.png")
+    finally:
+        context.close()
+        served.stop()

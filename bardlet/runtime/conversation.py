@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from bardlet.data.chat_template import ROLES, Message
+from bardlet.retrieval.index import Passage
+from bardlet.retrieval.memory import Turn
 from bardlet.runtime.generation import Generation
 from bardlet.runtime.sampling import Sampling, Style
 from bardlet.runtime.session import OnnxLM
@@ -62,6 +65,68 @@ def fit_conversation(
     kept = [i for i in range(len(messages)) if i not in dropped]
     ids = head + [token for i in kept for token in encoded[i]]
     return [messages[i] for i in kept], ids + [tokenizer.special_id("<|assistant|>")]
+
+
+# With documents or a memory, the context is shared out so (256 tokens by default):
+#   reply:     min(max_tokens, context / 4)          64
+#   sources:   up to SOURCES_SHARE of the context    96: about two passages of 48 tokens
+#   memory:    up to MEMORY_SHARE of the context     48: a turn or two said earlier
+#   system prompt and the conversation: the rest     at least 48; the oldest turns go first
+# (Shares are limits: without documents or a memory the conversation has their room too.)
+SOURCES_SHARE = 3 / 8
+MEMORY_SHARE = 3 / 16
+SOURCES_HEADER = "Sources:"
+MEMORY_HEADER = "From earlier conversations:"
+
+
+def fitting(tokenizer: AnyTokenizer, texts: Sequence[str], budget: int) -> int:
+    """How many of `texts`, in order, fit in `budget` tokens together."""
+    used = 0
+    for count, text in enumerate(texts):
+        used += len(tokenizer.encode(text)) + 1  # + the line break between them
+        if used > budget:
+            return count
+    return len(texts)
+
+
+def pick_sources(
+    tokenizer: AnyTokenizer, passages: Sequence[Passage], block_size: int
+) -> list[Passage]:
+    """The best passages that fit in the sources' share of the context."""
+    budget = int(block_size * SOURCES_SHARE) - len(tokenizer.encode(SOURCES_HEADER))
+    texts = [f"[{i}] {p.text}" for i, p in enumerate(passages, 1)]
+    return list(passages[: fitting(tokenizer, texts, budget)])
+
+
+def pick_recalled(tokenizer: AnyTokenizer, turns: Sequence[Turn], block_size: int) -> list[Turn]:
+    """The best remembered turns that fit in the memory's share of the context; the last one
+    cut short (by words) if only its start fits."""
+    budget = int(block_size * MEMORY_SHARE) - len(tokenizer.encode(MEMORY_HEADER))
+    texts = [f"{t.role}: {t.content}" for t in turns]
+    count = fitting(tokenizer, texts, budget)
+    picked = list(turns[:count])
+    if count < len(turns):
+        left = budget - sum(len(tokenizer.encode(text)) + 1 for text in texts[:count])
+        words = turns[count].content.split()
+        while words and len(tokenizer.encode(f"{turns[count].role}: {' '.join(words)}")) >= left:
+            words.pop()
+        if words:
+            picked.append(replace(turns[count], content=" ".join(words) + " ..."))
+    return picked
+
+
+def system_with(
+    system: str | None, sources: Sequence[Passage] = (), recalled: Sequence[Turn] = ()
+) -> str | None:
+    """The system message with the numbered sources and the remembered turns after it: what
+    the model reads before the conversation."""
+    parts = [system] if system else []
+    if sources:
+        numbered = [f"[{i}] {p.text}" for i, p in enumerate(sources, 1)]
+        parts.append("\n".join([SOURCES_HEADER, *numbered]))
+    if recalled:
+        parts.append("\n".join([MEMORY_HEADER, *(f"{t.role}: {t.content}" for t in recalled)]))
+    return "\n\n".join(parts) or None
 
 
 def load_styles(model_path: str | Path) -> dict[str, Style]:

@@ -33,7 +33,15 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bardlet.data.chat_template import render_prompt
 from bardlet.defaults import READ_TIMEOUT
-from bardlet.runtime.conversation import fit_conversation, load_styles, reply, with_settings
+from bardlet.retrieval.index import Index, Passage
+from bardlet.runtime.conversation import (
+    fit_conversation,
+    load_styles,
+    pick_sources,
+    reply,
+    system_with,
+    with_settings,
+)
 from bardlet.runtime.sampling import Style
 from bardlet.runtime.session import OnnxLM
 
@@ -263,6 +271,7 @@ class ServerState:
     styles: dict[str, Style]
     api_key: bytes | None
     created: int
+    docs: Index | None = None  # serve --docs: passages matching the last user message
 
 
 def state(request: Request) -> ServerState:
@@ -285,25 +294,57 @@ async def check_key(
         )
 
 
-def chat_prompt(served: ServerState, body: ChatCompletionRequest, limit: int) -> list[int]:
-    """The prompt ids of a chat request (in a worker thread: a long history takes time)."""
+def chat_prompt(
+    served: ServerState, body: ChatCompletionRequest, limit: int
+) -> tuple[list[int], list[Passage]]:
+    """The prompt ids of a chat request, and the passages put into it (with --docs: those
+    matching the last user message, after the system message). In a worker thread: a long
+    history takes time."""
     messages = []
     for m in body.messages:
         text = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
         messages.append({"role": "system" if m.role == "developer" else m.role, "content": text})
     lm = served.lm
+    sources: list[Passage] = []
+    asked = [m["content"] for m in messages if m["role"] == "user"]
+    if served.docs is not None and asked:
+        sources = pick_sources(lm.tokenizer, served.docs.search(asked[-1], k=4), lm.block_size)
+        if messages[0]["role"] == "system":
+            messages[0] = {
+                "role": "system",
+                "content": system_with(messages[0]["content"], sources) or "",
+            }
+        elif sources:
+            messages.insert(0, {"role": "system", "content": system_with(None, sources) or ""})
     if body.truncation == "disabled":
-        return render_prompt(lm.tokenizer, messages)
+        return render_prompt(lm.tokenizer, messages), sources
     reply_room = min(limit, lm.block_size // 4)
     try:
-        return fit_conversation(lm.tokenizer, messages, None, lm.block_size, reply_room)[1]
+        return fit_conversation(lm.tokenizer, messages, None, lm.block_size, reply_room)[1], sources
     except ValueError as error:
         raise APIError(400, str(error), param="messages", code="context_length_exceeded") from None
 
 
-async def answer(served: ServerState, body: _Common, prompt: list[int], limit: int) -> Any:
+def cited(sources: list[Passage]) -> list[dict[str, Any]]:
+    """The `sources` extension of a reply: what it was given to read, numbered as in the
+    prompt ([1], [2], ...), with the file and the lines (rows, pages) to cite."""
+    return [
+        {"index": i, "place": p.place(), "path": p.path, "unit": p.unit, "start": p.start,
+         "end": p.end, "text": p.text}
+        for i, p in enumerate(sources, 1)
+    ]  # fmt: skip
+
+
+async def answer(
+    served: ServerState,
+    body: _Common,
+    prompt: list[int],
+    limit: int,
+    sources: list[Passage] | None = None,
+) -> Any:
     """Generate the reply to `prompt` and answer in OpenAI's shape for a chat or a text
-    completion: one JSON object, or (`stream`) server-sent events of its pieces."""
+    completion: one JSON object, or (`stream`) server-sent events of its pieces. `sources`
+    (serve --docs) go on the message, and on the last chunk's delta."""
     chat = isinstance(body, ChatCompletionRequest)
     if body.n not in (None, 1):
         raise APIError(400, "only n=1 is supported", param="n", code="unsupported_value")
@@ -334,13 +375,19 @@ async def answer(served: ServerState, body: _Common, prompt: list[int], limit: i
         "model": MODEL_ID,
     } | ({"system_fingerprint": None} if chat else {})
 
+    extension = {"sources": cited(sources or [])} if served.docs is not None and chat else {}
+
     def choice(text: str | None, finish: str | None = None) -> dict[str, Any]:
         if not chat:
             said: dict[str, Any] = {"text": text or ""}
-        elif body.stream:  # a chunk: its new text, and nothing in the last one
-            said = {"delta": {} if text is None else {"content": text}}
+        elif body.stream:  # a chunk: its new text; in the last one, only the sources if any
+            said = {
+                "delta": ({} if finish is None else extension)
+                if text is None
+                else {"content": text}
+            }
         else:
-            said = {"message": {"role": "assistant", "content": text}}
+            said = {"message": {"role": "assistant", "content": text, **extension}}
         return {"index": 0, **said, "logprobs": None, "finish_reason": finish}
 
     if not body.stream:
@@ -403,8 +450,8 @@ async def list_styles(request: Request) -> dict[str, Any]:
 async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
     served = state(request)
     limit = body.max_completion_tokens or body.max_tokens or served.lm.block_size
-    prompt = await run_in_threadpool(chat_prompt, served, body, limit)
-    return await answer(served, body, prompt, limit)
+    prompt, sources = await run_in_threadpool(chat_prompt, served, body, limit)
+    return await answer(served, body, prompt, limit, sources)
 
 
 @router.post("/v1/completions", tags=["openai"], dependencies=V1, responses=ERRORS)
@@ -471,9 +518,11 @@ def create_app(
     *,
     allowed_hosts: tuple[str, ...] = (),
     read_timeout: float = READ_TIMEOUT,
+    docs: Index | None = None,
 ) -> FastAPI:
     """The FastAPI app: /v1 (OpenAI-compatible), /health, /openapi.json and the page at /.
-    `allowed_hosts`: the only Host names answered (without port), if given."""
+    `allowed_hosts`: the only Host names answered (without port), if given. `docs`: an index
+    whose passages go into chat prompts and come back as each reply's `sources`."""
     app = FastAPI(
         title="bardlet",
         version="1",
@@ -482,7 +531,7 @@ def create_app(
         redoc_url=None,
     )
     key = api_key.encode() if api_key else None
-    app.state.bardlet = ServerState(lm, load_styles(lm.path), key, int(time.time()))
+    app.state.bardlet = ServerState(lm, load_styles(lm.path), key, int(time.time()), docs)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(RequestValidationError, _invalid)

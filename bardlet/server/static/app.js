@@ -21,6 +21,22 @@ function addMessage(role, text) {
   return div;
 }
 
+// `bardlet serve --docs`: the passages a reply was given, as numbered citations under it.
+// Built with textContent only: document text never reaches the page as markup.
+function addSources(bubble, sources) {
+  if (!sources || !sources.length) return;
+  const list = document.createElement("ol");
+  list.className = "sources";
+  list.setAttribute("aria-label", "sources");
+  for (const source of sources) {
+    const item = document.createElement("li");
+    item.textContent = source.place;
+    item.title = source.text;
+    list.appendChild(item);
+  }
+  bubble.after(list);
+}
+
 function setBusy(busy) {
   $("send").disabled = busy;
   $("stop").disabled = !busy;
@@ -101,6 +117,7 @@ async function send(text) {
         bubble.scrollIntoView({ block: "end" });
       }
       if (choice && choice.finish_reason === "length") status("(reply cut at the token limit)");
+      if (choice && choice.finish_reason && choice.delta) addSources(bubble, choice.delta.sources);
     }
   } catch (error) {
     if (error.name === "AbortError") {
