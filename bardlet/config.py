@@ -281,7 +281,7 @@ class DistillParams(Section):
     temperature: float = Field(gt=0, le=100, description="softens both distributions")
 
 
-DOCS_FOLDERS = ("docs", OWN_DATA)  # the index stage's DVC deps: rag.docs must be inside
+DOCS_FOLDERS = ("docs", "data/docs")  # the index stage's DVC deps: rag.docs must be inside
 
 
 def _check_docs_path(value: str) -> str:
@@ -291,7 +291,7 @@ def _check_docs_path(value: str) -> str:
     ):
         return value
     raise ValueError(
-        f"{value!r} is outside docs/ and {OWN_DATA}/: put your documents there (the index "
+        f"{value!r} is outside docs/ and data/docs/: put your documents there (the index "
         "stage depends on those folders, so editing a document re-runs it)"
     )
 

@@ -138,3 +138,14 @@ def test_a_teacher_must_read_the_students_windows_and_init_must_be_pretrained():
     raw["distill"]["teacher"] = "models/big"
     with pytest.raises(ParamsError, match=r"distill\.teacher: .*'teacher' or 'init'"):
         validate_params(raw)
+
+
+def test_documents_to_index_must_be_where_the_index_stage_looks():
+    raw = raw_params()
+    raw["rag"]["docs"] = ["docs", "data/docs/manuals", "../elsewhere"]
+    with pytest.raises(ParamsError, match=r"rag\.docs\.2: .*outside docs/ and data/docs/"):
+        validate_params(raw)
+    raw["rag"]["docs"] = ["docs"]
+    raw["rag"]["overlap"] = raw["rag"]["passage_tokens"]
+    with pytest.raises(ParamsError, match=r"overlap .* must be below passage_tokens"):
+        validate_params(raw)
