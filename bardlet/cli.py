@@ -23,6 +23,7 @@ from bardlet.tokenizer.cli import app as tokenizer_app
 
 if TYPE_CHECKING:
     from bardlet.retrieval.index import Index
+    from bardlet.retrieval.memory import Memory
     from bardlet.runtime.sampling import Style
     from bardlet.runtime.session import OnnxLM
 
@@ -131,17 +132,14 @@ def chat(
 ) -> None:
     """Chat with the model in the terminal (multi-turn; /help for commands)."""
     from bardlet.chat import Chat, repl
-    from bardlet.retrieval.memory import Memory
 
     lm = _load(model)
     chosen = _style(
         lm, style, system=system, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
-    try:
-        remembered = Memory(memory) if memory else None
-    except ValueError as error:
-        _fail(error)
-    session = Chat(lm, chosen.sampling(), chosen.system, max_new_tokens, _docs(docs), remembered)
+    session = Chat(
+        lm, chosen.sampling(), chosen.system, max_new_tokens, _docs(docs), _memory(memory)
+    )
     session.style = style
     if sys.stdin.isatty():
         with contextlib.suppress(ImportError):
@@ -179,6 +177,15 @@ def serve(
     ] = READ_TIMEOUT,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     docs: DocsOption = None,
+    memory: Annotated[
+        Path | None,
+        typer.Option(
+            "--memory",
+            help="A SQLite file that keeps the turns of requests sent with a `conversation_id` "
+            "(API extension); matching turns of that conversation come back into its prompts.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the model: OpenAI-compatible HTTP API under /v1 and a chat page at /."""
     import uvicorn
@@ -195,7 +202,12 @@ def serve(
     hosts = LOOPBACK_HOSTS if loopback else ()
     try:
         app_ = create_app(
-            lm, api_key, allowed_hosts=hosts, read_timeout=read_timeout, docs=_docs(docs)
+            lm,
+            api_key,
+            allowed_hosts=hosts,
+            read_timeout=read_timeout,
+            docs=_docs(docs),
+            memory=_memory(memory),
         )
     except ValueError as error:  # a broken styles.json
         _fail(error)
@@ -349,6 +361,15 @@ def _docs(path: Path | None) -> Index | None:
     try:
         return Index(path) if path else None
     except (FileNotFoundError, ValueError) as error:
+        _fail(error)
+
+
+def _memory(path: Path | None) -> Memory | None:
+    from bardlet.retrieval.memory import Memory
+
+    try:
+        return Memory(path) if path else None
+    except ValueError as error:
         _fail(error)
 
 

@@ -224,7 +224,7 @@ def test_memory_keeps_every_turn_at_once_and_finds_the_matching_ones(tmp_path):
     assert second.forget("all") == 1 and second.sessions() == []
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"not a database at all" * 100)
-    with pytest.raises(ValueError, match="is not a bardlet memory file"):
+    with pytest.raises(ValueError, match="cannot use it as a memory file"):
         Memory(bad)
 
 
@@ -332,3 +332,27 @@ def test_the_api_returns_the_sources_on_the_message_and_the_last_chunk(model_dir
     )  # fmt: skip
     assert failed.returncode == 2 and "no index there" in failed.stderr
     json.dumps(source)  # plain JSON all through
+
+
+def test_the_server_remembers_per_conversation_id_and_never_across_them(model_dir, tmp_path):
+    memory = tmp_path / "memory.sqlite"
+    server = Server(model_dir / "model.onnx", "--memory", str(memory))
+    try:
+        server.wait_healthy()
+
+        def ask(text: str, conversation: str | None) -> int:
+            extra = {"conversation_id": conversation} if conversation else {}
+            body = {"messages": [{"role": "user", "content": text}], "max_tokens": 2, **extra}
+            answer = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+            return answer.json()["usage"]["prompt_tokens"]
+
+        ask("My cat is called Bartholomew.", "alice")
+        plain = ask("What is my cat called?", None)
+        assert ask("What is my cat called?", "bob") == plain  # another conversation: nothing
+        assert ask("What is my cat called?", "alice") > plain + 5  # the turn came back
+        rows = sqlite3.connect(memory).execute("SELECT session, role FROM turns").fetchall()
+        assert rows[:2] == [("alice", "user"), ("alice", "assistant")]
+        assert {session for session, _ in rows} == {"alice", "bob"}
+    finally:
+        server.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -47,29 +48,40 @@ class Memory:
             self.connection = sqlite3.connect(self.path, check_same_thread=False)
             self.connection.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:
-            raise ValueError(f"{self.path} is not a bardlet memory file ({error})") from None
+            raise ValueError(f"{self.path}: cannot use it as a memory file ({error})") from None
         self.session = session or new_session()
+        self.lock = threading.Lock()  # the server stores and searches from several threads
 
-    def add(self, role: str, content: str) -> int:
-        """Store a turn of this session now (committed before this returns); its id."""
-        with self.connection:
+    def add(self, role: str, content: str, session: str | None = None) -> int:
+        """Store a turn of this session (or `session`) now, committed before this returns."""
+        with self.lock, self.connection:
             cursor = self.connection.execute(
                 "INSERT INTO turns (content, session, role) VALUES (?, ?, ?)",
-                (content, self.session, role),
+                (content, session or self.session, role),
             )
         return int(cursor.lastrowid or 0)
 
-    def recall(self, text: str, k: int, leave_out: Collection[tuple[str, str]] = ()) -> list[Turn]:
+    def recall(
+        self,
+        text: str,
+        k: int,
+        leave_out: Collection[tuple[str, str]] = (),
+        only_session: str | None = None,
+    ) -> list[Turn]:
         """The `k` stored turns that best match `text`, best first, except those whose
-        (role, content) is in `leave_out` (the turns the prompt holds anyway)."""
+        (role, content) is in `leave_out` (the turns the prompt holds anyway); from every
+        session, or `only_session` (the server: one client's conversation, never another's)."""
         query = match_query(text)
         if not query or k <= 0:
             return []
-        rows = self.connection.execute(
-            "SELECT rowid, session, role, content FROM turns WHERE turns MATCH ? "
-            "ORDER BY bm25(turns) LIMIT ?",
-            (query, k + len(leave_out)),
-        ).fetchall()
+        where = "turns MATCH ?" + (" AND session = ?" if only_session else "")
+        values = (query, only_session) if only_session else (query,)
+        with self.lock:
+            rows = self.connection.execute(
+                f"SELECT rowid, session, role, content FROM turns WHERE {where} "
+                "ORDER BY bm25(turns) LIMIT ?",
+                (*values, k + len(leave_out)),
+            ).fetchall()
         turns = [Turn(*row) for row in rows if (row[2], row[3]) not in leave_out]
         return turns[:k]
 

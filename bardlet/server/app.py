@@ -34,9 +34,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from bardlet.data.chat_template import render_prompt
 from bardlet.defaults import READ_TIMEOUT
 from bardlet.retrieval.index import Index, Passage
+from bardlet.retrieval.memory import Memory
 from bardlet.runtime.conversation import (
     fit_conversation,
     load_styles,
+    pick_recalled,
     pick_sources,
     reply,
     system_with,
@@ -254,6 +256,15 @@ class ChatCompletionRequest(_Common):
             "for the reply; 'disabled' refuses a prompt that does not fit"
         ),
     )
+    conversation_id: Text | None = Field(
+        None,
+        max_length=128,
+        description=(
+            "bardlet extension, with `bardlet serve --memory FILE`: the turns of this "
+            "conversation are stored, and stored turns that match a new message (of this "
+            "conversation only) come back into the prompt; ignored without --memory"
+        ),
+    )
 
 
 class CompletionRequest(_Common):
@@ -272,6 +283,7 @@ class ServerState:
     api_key: bytes | None
     created: int
     docs: Index | None = None  # serve --docs: passages matching the last user message
+    memory: Memory | None = None  # serve --memory: turns per conversation_id
 
 
 def state(request: Request) -> ServerState:
@@ -309,13 +321,16 @@ def chat_prompt(
     asked = [m["content"] for m in messages if m["role"] == "user"]
     if served.docs is not None and asked:
         sources = pick_sources(lm.tokenizer, served.docs.search(asked[-1], k=4), lm.block_size)
-        if messages[0]["role"] == "system":
-            messages[0] = {
-                "role": "system",
-                "content": system_with(messages[0]["content"], sources) or "",
-            }
-        elif sources:
-            messages.insert(0, {"role": "system", "content": system_with(None, sources) or ""})
+    recalled = []
+    if served.memory is not None and body.conversation_id and asked:
+        in_request = {(m["role"], m["content"]) for m in messages}
+        found = served.memory.recall(asked[-1], 4, in_request, only_session=body.conversation_id)
+        recalled = pick_recalled(lm.tokenizer, found, lm.block_size)
+    if sources or recalled:  # after the system message, or as one
+        given = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
+        messages.insert(
+            0, {"role": "system", "content": system_with(given, sources, recalled) or ""}
+        )
     if body.truncation == "disabled":
         return render_prompt(lm.tokenizer, messages), sources
     reply_room = min(limit, lm.block_size // 4)
@@ -368,6 +383,16 @@ async def answer(
         param = str(first["loc"][0]) if first["loc"] else None
         raise APIError(400, f"{param}: {first['msg']}", param=param) from None
     gen = reply(served.lm, prompt, limit, style.sampling())
+
+    def remember(said: str) -> None:  # serve --memory: the newest message and its reply
+        conversation = getattr(body, "conversation_id", None)
+        if served.memory is None or not conversation or not isinstance(body, ChatCompletionRequest):
+            return
+        last = body.messages[-1].content
+        text = last if isinstance(last, str) else "".join(part.text for part in last)
+        served.memory.add(body.messages[-1].role, text, session=conversation)
+        served.memory.add("assistant", said, session=conversation)
+
     head: dict[str, Any] = {
         "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion" if chat else "text_completion",
@@ -392,6 +417,7 @@ async def answer(
 
     if not body.stream:
         text = await run_in_threadpool(gen.text)
+        await run_in_threadpool(remember, text)
         return head | {"choices": [choice(text, gen.finish_reason)], "usage": gen.usage()}
     if chat:
         head["object"] = "chat.completion.chunk"
@@ -407,12 +433,14 @@ async def answer(
             yield event(choice(None) | {"delta": {"role": "assistant", "content": ""}})
         # Each piece is made in a worker thread: a client that goes away cancels this
         # between pieces, and generation stops there.
-        pieces = gen.pieces()
+        pieces, said = gen.pieces(), []
         try:
             while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+                said.append(piece)
                 yield event(choice(piece))
         finally:
             pieces.close()
+            remember("".join(said))  # also what a client that left was sent
         yield event(choice(None, gen.finish_reason))
         if usage:
             yield event(usage=gen.usage())
@@ -519,10 +547,12 @@ def create_app(
     allowed_hosts: tuple[str, ...] = (),
     read_timeout: float = READ_TIMEOUT,
     docs: Index | None = None,
+    memory: Memory | None = None,
 ) -> FastAPI:
     """The FastAPI app: /v1 (OpenAI-compatible), /health, /openapi.json and the page at /.
     `allowed_hosts`: the only Host names answered (without port), if given. `docs`: an index
-    whose passages go into chat prompts and come back as each reply's `sources`."""
+    whose passages go into chat prompts and come back as each reply's `sources`. `memory`:
+    where requests with a `conversation_id` keep their turns."""
     app = FastAPI(
         title="bardlet",
         version="1",
@@ -531,7 +561,8 @@ def create_app(
         redoc_url=None,
     )
     key = api_key.encode() if api_key else None
-    app.state.bardlet = ServerState(lm, load_styles(lm.path), key, int(time.time()), docs)
+    styles = load_styles(lm.path)
+    app.state.bardlet = ServerState(lm, styles, key, int(time.time()), docs, memory)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(RequestValidationError, _invalid)
