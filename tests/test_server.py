@@ -466,3 +466,74 @@ def test_truncation_encodes_each_message_once(lm, monkeypatch):
     assert len(calls) == len(messages)
     assert kept[-1] == messages[-1] and len(ids) + 16 <= lm.block_size
     assert ids == render_prompt(lm.tokenizer, kept)
+
+
+def test_logprobs_are_the_models_in_openais_shape_streamed_or_not(client, lm):
+    asked = dict(model="bardlet", messages=HELLO, max_tokens=12, temperature=0, seed=1)
+    reply = client.chat.completions.create(**asked, logprobs=True, top_logprobs=3)
+    choice = reply.choices[0]
+    content = choice.logprobs.content
+    assert content and len(content) <= 12
+    # Greedy: each chosen token is the most likely one, and the bytes are the reply's text.
+    for item in content:
+        assert item.logprob <= 0 and len(item.top_logprobs) == 3
+        assert (item.top_logprobs[0].token, item.top_logprobs[0].logprob) == (
+            item.token,
+            item.logprob,
+        )
+        assert (
+            item.top_logprobs[0].logprob
+            >= item.top_logprobs[1].logprob
+            >= item.top_logprobs[2].logprob
+        )
+    text = b"".join(bytes(item.bytes) for item in content).decode("utf-8", errors="replace")
+    assert text == choice.message.content
+    # The first token's log-probability is the model's own, computed here with the runtime.
+    import numpy as np
+
+    prompt = render_prompt(lm.tokenizer, HELLO)
+    logits, _ = lm.forward(np.array([prompt]), lm.empty_cache())
+    row = logits[0, -1].astype(np.float64)
+    log_softmax = row - row.max() - np.log(np.exp(row - row.max()).sum())
+    assert abs(content[0].logprob - float(log_softmax.max())) < 1e-4
+    # Streamed, the chunks' log-probs add up to the same list.
+    chunks = list(
+        client.chat.completions.create(**asked, logprobs=True, top_logprobs=3, stream=True)
+    )
+    streamed = [item for c in chunks if c.choices and c.choices[0].logprobs
+                for item in c.choices[0].logprobs.content]  # fmt: skip
+    assert [(i.token, round(i.logprob, 5)) for i in streamed] == [
+        (i.token, round(i.logprob, 5)) for i in content
+    ]
+    plain = client.chat.completions.create(**asked)
+    assert plain.choices[0].logprobs is None
+
+
+def test_models_by_name_and_what_is_not_supported_are_named(client, server):
+    assert client.models.retrieve("bardlet").id == "bardlet"
+    for call in (
+        lambda: client.models.retrieve("gpt-4o"),
+        lambda: client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=2),
+        lambda: client.completions.create(model="gpt-4o", prompt="Hi", max_tokens=2),
+    ):
+        with pytest.raises(openai.NotFoundError) as caught:
+            call()
+        assert caught.value.code == "model_not_found" and "gpt-4o" in caught.value.message
+    tool = {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}
+    refused = {
+        "tools": dict(tools=[tool]),
+        "response_format": dict(response_format={"type": "json_object"}),
+        "n": dict(n=2),
+        "top_logprobs": dict(top_logprobs=2),
+    }
+    for param, extra in refused.items():
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="bardlet", messages=HELLO, max_tokens=2, **extra)
+        assert caught.value.param == param and caught.value.code == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="bardlet", prompt="Hi", max_tokens=2, logprobs=2)
+    assert caught.value.param == "logprobs"
+    fine = client.chat.completions.create(
+        model="bardlet", messages=HELLO, max_tokens=2, tools=[], response_format={"type": "text"}
+    )
+    assert fine.choices[0].finish_reason in ("stop", "length")

@@ -156,8 +156,13 @@ def with_settings(style: Style, **given: Any) -> Style:
     return Style.model_validate({**style.model_dump(), **updates})
 
 
-def reply(lm: OnnxLM, prompt: Sequence[int], max_tokens: int, settings: Sampling) -> Generation:
+def reply(
+    lm: OnnxLM,
+    prompt: Sequence[int],
+    max_tokens: int,
+    settings: Sampling,
+    top_logprobs: int | None = None,
+) -> Generation:
     """The model's reply to `prompt`: any special token (a chat marker) ends it."""
-    return Generation(
-        lm, prompt, max_tokens, settings, sorted(lm.tokenizer.special_tokens.values())
-    )
+    stop_ids = sorted(lm.tokenizer.special_tokens.values())
+    return Generation(lm, prompt, max_tokens, settings, stop_ids, top_logprobs)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Generator, Sequence
+from typing import Any
+
+import numpy as np
 
 from bardlet.runtime.sampling import Sampling
 from bardlet.runtime.session import OnnxLM
@@ -20,7 +23,8 @@ from bardlet.runtime.session import OnnxLM
 class Generation:
     """One reply: `pieces()` yields its text; then `finish_reason` ("stop" or "length") and
     `usage()` say how it ended. `stop_ids` are the tokens that end it (a chat model's
-    `<|end|>`, say); other special tokens are dropped from the text."""
+    `<|end|>`, say); other special tokens are dropped from the text. With `top_logprobs`
+    (0 or more), `logprobs()` gives each token's log-probability and that many alternatives."""
 
     def __init__(
         self,
@@ -29,6 +33,7 @@ class Generation:
         max_tokens: int,
         settings: Sampling,
         stop_ids: Sequence[int] = (),
+        top_logprobs: int | None = None,
     ) -> None:
         lm.check_prompt(prompt)
         self.lm, self.prompt, self.settings = lm, list(prompt), settings
@@ -36,6 +41,8 @@ class Generation:
         self.budget = min(max_tokens, lm.block_size - len(self.prompt))
         self.tokens: list[int] = []  # every sampled id, special ones included
         self.finish_reason = "stop"
+        self.top_logprobs = top_logprobs
+        self.scores: list[np.ndarray] | None = None if top_logprobs is None else []
 
     def pieces(self) -> Generator[str, None, None]:
         tokenizer = self.lm.tokenizer
@@ -43,7 +50,7 @@ class Generation:
         stops = self.settings.stop
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, shown = "", 0
-        ids = self.lm.stream(self.prompt, self.budget, self.settings, self.stop_ids)
+        ids = self.lm.stream(self.prompt, self.budget, self.settings, self.stop_ids, self.scores)
         try:
             for token in ids:
                 self.tokens.append(token)
@@ -67,6 +74,33 @@ class Generation:
 
     def text(self) -> str:
         return "".join(self.pieces())
+
+    def logprobs(self, first: int = 0) -> list[dict[str, Any]]:
+        """OpenAI's `logprobs.content` for the tokens from `first` on (special ones left out):
+        each token, its log-probability under the model (before temperature and the other
+        settings), its bytes, and the `top_logprobs` most likely tokens at that step."""
+        tokenizer = self.lm.tokenizer
+        special = set(tokenizer.special_tokens.values())
+
+        def entry(token: int, logprob: float) -> dict[str, Any]:
+            data = tokenizer.token_bytes(token)
+            text = data.decode("utf-8", errors="replace")
+            return {"token": text, "logprob": logprob, "bytes": list(data)}
+
+        entries = []
+        for step in range(first, len(self.tokens)):
+            token = self.tokens[step]
+            if self.scores is None or token in special:
+                continue
+            row = self.scores[step].astype(np.float64)
+            row = row - row.max()
+            row -= np.log(np.exp(row).sum())  # log-softmax
+            best = np.argsort(-row, kind="stable")[: self.top_logprobs or 0]
+            entries.append(
+                entry(token, float(row[token]))
+                | {"top_logprobs": [entry(int(t), float(row[t])) for t in best]}
+            )
+        return entries
 
     def usage(self) -> dict[str, int]:
         return {

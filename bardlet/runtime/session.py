@@ -135,8 +135,10 @@ class OnnxLM:
         max_new_tokens: int,
         settings: Sampling,
         stop_ids: Sequence[int] = (),
+        scores: list[np.ndarray] | None = None,
     ) -> Generator[int, None, None]:
-        """Yield new token ids one by one until a stop id, max_new_tokens or the context end."""
+        """Yield new token ids one by one until a stop id, max_new_tokens or the context end.
+        `scores`: a list that gets each step's logits (vocab,) before the token is drawn."""
         self.check_prompt(prompt)
         rng = np.random.default_rng(settings.seed)
         budget = min(max_new_tokens, self.block_size - len(prompt))
@@ -148,6 +150,8 @@ class OnnxLM:
         past = self.empty_cache()
         for _ in range(budget):
             logits, past = self.forward(ids, past)
+            if scores is not None:
+                scores.append(logits[0, -1])
             next_id = sample(logits[0, -1], settings, rng, history)
             if next_id in stop_ids:
                 return

@@ -243,10 +243,15 @@ class _Common(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: Text | None = None
+    # Accepted so that a request using them is refused by name (400), not silently ignored.
+    tools: list[Any] | None = Field(None, description="not supported: a 400 if not empty")
+    response_format: dict[str, Any] | None = Field(None, description='only {"type": "text"}')
 
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     max_completion_tokens: int | None = Field(None, ge=1)
     truncation: Literal["auto", "disabled"] = Field(
         "disabled",
@@ -269,6 +274,7 @@ class ChatCompletionRequest(_Common):
 
 class CompletionRequest(_Common):
     prompt: Text | list[Text] = ""
+    logprobs: int | None = Field(None, description="not supported here (chat completions have it)")
 
 
 # ---------------------------------------------------------------------------- state and replies
@@ -350,6 +356,43 @@ def cited(sources: list[Passage]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def refuse_unsupported(body: _Common) -> None:
+    """A 400 naming the parameter a request uses that bardlet does not do, as OpenAI answers
+    for a model without the feature: ignoring it would answer a different question."""
+    refusals = {
+        "n": (body.n not in (None, 1), "only n=1 is supported"),
+        "tools": (bool(body.tools), "this model cannot call tools"),
+        "response_format": (
+            body.response_format not in (None, {"type": "text"}),
+            'only {"type": "text"} is supported: this model cannot promise JSON',
+        ),
+        "logprobs": (
+            isinstance(body, CompletionRequest) and body.logprobs is not None,
+            "logprobs are supported on /v1/chat/completions, not here",
+        ),
+        "top_logprobs": (
+            isinstance(body, ChatCompletionRequest)
+            and body.top_logprobs is not None
+            and not body.logprobs,
+            "top_logprobs needs logprobs: true",
+        ),
+    }
+    for param, (refused, why) in refusals.items():
+        if refused:
+            raise APIError(400, why, param=param, code="unsupported_parameter")
+
+
+def check_model(name: str | None) -> None:
+    if name not in (None, MODEL_ID):
+        raise APIError(
+            404,
+            f"The model `{name}` does not exist: this server has `{MODEL_ID}` (GET /v1/models)",
+            type_="invalid_request_error",
+            param="model",
+            code="model_not_found",
+        )
+
+
 async def answer(
     served: ServerState,
     body: _Common,
@@ -361,8 +404,6 @@ async def answer(
     completion: one JSON object, or (`stream`) server-sent events of its pieces. `sources`
     (serve --docs) go on the message, and on the last chunk's delta."""
     chat = isinstance(body, ChatCompletionRequest)
-    if body.n not in (None, 1):
-        raise APIError(400, "only n=1 is supported", param="n", code="unsupported_value")
     if len(prompt) >= served.lm.block_size:
         raise APIError(
             400,
@@ -382,7 +423,9 @@ async def answer(
         first = error.errors()[0]
         param = str(first["loc"][0]) if first["loc"] else None
         raise APIError(400, f"{param}: {first['msg']}", param=param) from None
-    gen = reply(served.lm, prompt, limit, style.sampling())
+    wants_logprobs = isinstance(body, ChatCompletionRequest) and bool(body.logprobs)
+    top = (body.top_logprobs or 0) if isinstance(body, ChatCompletionRequest) else 0
+    gen = reply(served.lm, prompt, limit, style.sampling(), top if wants_logprobs else None)
 
     def remember(said: str) -> None:  # serve --memory: the newest message and its reply
         conversation = getattr(body, "conversation_id", None)
@@ -402,7 +445,7 @@ async def answer(
 
     extension = {"sources": cited(sources or [])} if served.docs is not None and chat else {}
 
-    def choice(text: str | None, finish: str | None = None) -> dict[str, Any]:
+    def choice(text: str | None, finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
         if not chat:
             said: dict[str, Any] = {"text": text or ""}
         elif body.stream:  # a chunk: its new text; in the last one, only the sources if any
@@ -413,12 +456,16 @@ async def answer(
             }
         else:
             said = {"message": {"role": "assistant", "content": text, **extension}}
-        return {"index": 0, **said, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, **said, "logprobs": logprobs, "finish_reason": finish}
+
+    def logprobs_since(first: int) -> dict[str, Any] | None:
+        return {"content": gen.logprobs(first)} if wants_logprobs else None
 
     if not body.stream:
         text = await run_in_threadpool(gen.text)
         await run_in_threadpool(remember, text)
-        return head | {"choices": [choice(text, gen.finish_reason)], "usage": gen.usage()}
+        done = choice(text, gen.finish_reason, logprobs_since(0))
+        return head | {"choices": [done], "usage": gen.usage()}
     if chat:
         head["object"] = "chat.completion.chunk"
     # With include_usage every chunk has "usage": null, and one more chunk before [DONE] has it.
@@ -433,15 +480,17 @@ async def answer(
             yield event(choice(None) | {"delta": {"role": "assistant", "content": ""}})
         # Each piece is made in a worker thread: a client that goes away cancels this
         # between pieces, and generation stops there.
-        pieces, said = gen.pieces(), []
+        pieces, said, sent = gen.pieces(), [], 0
         try:
             while (piece := await run_in_threadpool(next, pieces, None)) is not None:
                 said.append(piece)
-                yield event(choice(piece))
+                # A chunk's log-probs: the tokens drawn since the chunk before.
+                yield event(choice(piece, logprobs=logprobs_since(sent)))
+                sent = len(gen.tokens)
         finally:
             pieces.close()
             remember("".join(said))  # also what a client that left was sent
-        yield event(choice(None, gen.finish_reason))
+        yield event(choice(None, gen.finish_reason, logprobs_since(sent)))
         if usage:
             yield event(usage=gen.usage())
         yield "data: [DONE]\n\n"
@@ -467,6 +516,13 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [model | {"context_length": served.lm.block_size}]}
 
 
+@router.get("/v1/models/{model}", tags=["openai"], dependencies=V1, responses=ERRORS)
+async def get_model(request: Request, model: str) -> dict[str, Any]:
+    check_model(model)
+    listed: dict[str, Any] = (await list_models(request))["data"][0]
+    return listed
+
+
 @router.get("/v1/styles", tags=["bardlet"], dependencies=V1, responses=ERRORS)
 async def list_styles(request: Request) -> dict[str, Any]:
     """The chat style presets (system prompt + sampling) the terminal chat also offers."""
@@ -476,6 +532,8 @@ async def list_styles(request: Request) -> dict[str, Any]:
 
 @router.post("/v1/chat/completions", tags=["openai"], dependencies=V1, responses=ERRORS)
 async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
+    check_model(body.model)
+    refuse_unsupported(body)  # before the prompt is built: a refusal costs nothing
     served = state(request)
     limit = body.max_completion_tokens or body.max_tokens or served.lm.block_size
     prompt, sources = await run_in_threadpool(chat_prompt, served, body, limit)
@@ -484,6 +542,8 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
 
 @router.post("/v1/completions", tags=["openai"], dependencies=V1, responses=ERRORS)
 async def completions(request: Request, body: CompletionRequest) -> Any:
+    check_model(body.model)
+    refuse_unsupported(body)
     if isinstance(body.prompt, list) and len(body.prompt) != 1:
         raise APIError(400, "give exactly one prompt", param="prompt")
     text = body.prompt[0] if isinstance(body.prompt, list) else body.prompt
