@@ -356,3 +356,13 @@ def test_the_server_remembers_per_conversation_id_and_never_across_them(model_di
         assert {session for session, _ in rows} == {"alice", "bob"}
     finally:
         server.stop()
+
+
+def test_a_file_that_can_no_longer_be_read_leaves_the_index(documents, tmp_path):
+    out = tmp_path / "docs.sqlite"
+    build_index(out, [documents], words_count, "tok")
+    assert Index(out).search("galleon")
+    (documents / "sub" / "ships.md").write_text("galleon " * 100)
+    report = build_index(out, [documents], words_count, "tok", max_bytes=200)
+    assert f"{documents.as_posix()}/sub/ships.md" in report.skipped["over 0.0002 MB"]
+    assert Index(out).search("galleon") == []  # not the old text either
