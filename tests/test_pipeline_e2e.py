@@ -888,7 +888,7 @@ def test_pretrain_stage_runs_under_torchrun_with_two_processes(project):
         ],
         project,
     ).stdout
-    assert out.count("model: ") == 2  # both ranks started
+    assert len(re.findall(r"^pretrain: [\d,]+ parameters", out, re.M)) == 2  # both ranks started
     assert (project / "models/base/model.safetensors").stat().st_mtime_ns > before
     with sqlite3.connect(project / "mlflow.db") as db:
         runs = [row[0] for row in db.execute("select name from runs where name like 'pretrain-%'")]
