@@ -162,7 +162,7 @@ def test_generation_ends_before_a_stop_string_and_never_shows_it(lm):
 
 
 def test_generation_holds_back_text_that_may_start_a_stop_string(lm, monkeypatch):
-    def fake_stream(prompt, max_new_tokens, settings, stop_ids=()):
+    def fake_stream(prompt, max_new_tokens, settings, stop_ids=(), scores=None):
         yield from "hello caf\u00e9 wor, world!".encode()  # one byte token each
 
     monkeypatch.setattr(lm, "stream", fake_stream)
