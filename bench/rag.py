@@ -19,6 +19,7 @@ PROJECT is a folder after `make pipeline` (its models/onnx and tokenizer are use
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import statistics
@@ -66,7 +67,7 @@ def main() -> None:
     from bardlet.runtime.conversation import pick_sources, system_with
     from bardlet.runtime.session import OnnxLM
 
-    lm = OnnxLM(args.root / "models/onnx/model.onnx", threads=1)
+    lm = OnnxLM(args.root.resolve() / "models/onnx/model.onnx", threads=1)
     tokenizer = lm.tokenizer
 
     def count(text: str) -> int:
@@ -74,7 +75,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bardlet-rag-"))
     docs_index = work / "docs.sqlite"
-    build_index(docs_index, [common.REPO / "docs"], count, tokenizer.hash)
+    os.chdir(common.REPO)  # passages name docs/... as the index stage's do, on any machine
+    build_index(docs_index, [Path("docs")], count, tokenizer.hash)
     index = Index(docs_index)
     if not QUESTIONS.exists():
         QUESTIONS.parent.mkdir(parents=True, exist_ok=True)
