@@ -15,6 +15,7 @@ from bardlet.data.chat_template import Message
 from bardlet.files import write_text_atomic
 from bardlet.retrieval.index import Index, Passage
 from bardlet.retrieval.memory import Memory
+from bardlet.runtime.beams import MAX_BEAMS, beams
 from bardlet.runtime.conversation import (
     MEMORY_SHARE,
     fit_conversation,
@@ -38,6 +39,7 @@ HELP = """commands:
   /topk N          keep the N most likely tokens (0 = all)
   /topp P          nucleus sampling: keep tokens up to probability P (1 = all)
   /greedy          always pick the most likely token (same as /temp 0)
+  /beams N         beam search with N beams (deterministic); /beams 1 samples again
   /seed N          fixed random seed (/seed off for a fresh one each reply)
   /system TEXT     set the system prompt (/system alone removes it)
   /style NAME      a preset of system prompt + sampling (/style alone lists them)
@@ -108,6 +110,7 @@ class Chat:
         self.style: str | None = None if settings is not None else "default"
         self.docs, self.memory = docs, memory
         self.sources: list[Passage] = []  # what the last reply was given to read
+        self.num_beams = 1  # /beams N: beam search instead of sampling
 
     def _prompt(self) -> list[int]:
         """The prompt ids; drops the oldest exchanges (never the newest message) to fit, after
@@ -145,7 +148,9 @@ class Chat:
             self.memory.add("user", user_text)  # stored (committed) before the reply starts
         shown: list[str] = []
         try:
-            for piece in reply(self.lm, prompt, self.max_new_tokens, self.settings).pieces():
+            source = beams(self.lm, self.num_beams) if self.num_beams > 1 else None
+            answer = reply(self.lm, prompt, self.max_new_tokens, self.settings, stream=source)
+            for piece in answer.pieces():
                 shown.append(piece)
                 yield piece
         finally:
@@ -202,7 +207,7 @@ def _describe(chat: Chat) -> str:
     return (
         f"style={chat.style or '-'} temperature={s.temperature:g} top_k={s.top_k} "
         f"top_p={s.top_p:g} seed={'off' if s.seed is None else s.seed} "
-        f"max_new_tokens={chat.max_new_tokens}\nsystem={chat.system!r}"
+        f"max_new_tokens={chat.max_new_tokens} beams={chat.num_beams}\nsystem={chat.system!r}"
     )
 
 
@@ -227,6 +232,11 @@ def command(chat: Chat, line: str) -> str | None:
             raise ValueError("/topp must be above 0")
         setattr(chat.settings, setting, value)
         return f"({setting} {value:g})" if kind is float else f"({setting} {value})"
+    if name == "/beams":
+        if not arg.isdigit() or not 1 <= int(arg) <= MAX_BEAMS:
+            raise ValueError(f"/beams needs a number from 1 to {MAX_BEAMS}, e.g. /beams 4")
+        chat.num_beams = int(arg)
+        return f"(beam search, {arg} beams)" if chat.num_beams > 1 else "(sampling, no beams)"
     if name == "/greedy":
         chat.settings.temperature = 0.0
         return "(greedy: temperature 0)"

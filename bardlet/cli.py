@@ -92,20 +92,41 @@ def generate(
             "to --max-new-tokens; special tokens are never printed either way.",
         ),
     ] = False,
+    num_beams: Annotated[
+        int,
+        typer.Option(
+            "--beams",
+            min=1,
+            max=16,
+            help="Beam search with this many beams (deterministic: the sampling options do "
+            "not apply); 1 = sample as the style says.",
+        ),
+    ] = 1,
+    length_penalty: Annotated[
+        float,
+        typer.Option(
+            "--length-penalty",
+            help="With --beams: score = log-prob / length ** this (0 favours short text, "
+            "above 1 longer).",
+        ),
+    ] = 1.0,
     model: ModelOption = ONNX_MODEL,
 ) -> None:
     """Continue PROMPT (or, with --chat, answer it) and print only the generated text."""
     from bardlet.data.chat_template import render_prompt
+    from bardlet.runtime.beams import beams
     from bardlet.runtime.conversation import reply
     from bardlet.runtime.generation import continue_text
 
     lm = _load(model)
     chosen = _style(lm, style, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    source = beams(lm, num_beams, length_penalty) if num_beams > 1 else None
     if as_chat:
         ids = render_prompt(lm.tokenizer, [{"role": "user", "content": prompt}], chosen.system)
-        generation = reply(lm, ids, max_new_tokens, chosen.sampling())
+        generation = reply(lm, ids, max_new_tokens, chosen.sampling(), stream=source)
     else:
-        generation = continue_text(lm, prompt, max_new_tokens, chosen.sampling(), not ignore_end)
+        settings = chosen.sampling()
+        generation = continue_text(lm, prompt, max_new_tokens, settings, not ignore_end, source)
     sys.stdout.write(generation.text() + "\n")
 
 
@@ -176,6 +197,16 @@ def serve(
         ),
     ] = READ_TIMEOUT,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    batch: Annotated[
+        int,
+        typer.Option("--batch", min=1, help="Replies decoded together (continuous batching)."),
+    ] = 32,
+    queue: Annotated[
+        int,
+        typer.Option(
+            "--queue", min=0, help="Requests that may wait for a batch slot; past that, 429."
+        ),
+    ] = 64,
     docs: DocsOption = None,
     memory: Annotated[
         Path | None,
@@ -208,6 +239,8 @@ def serve(
             read_timeout=read_timeout,
             docs=_docs(docs),
             memory=_memory(memory),
+            max_batch=batch,
+            max_waiting=queue,
         )
     except ValueError as error:  # a broken styles.json
         _fail(error)

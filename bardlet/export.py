@@ -1,7 +1,9 @@
 """ONNX export of the GPT with its KV cache, and a parity check in onnxruntime.
 
-The graph takes `input_ids` (batch, seq) and, per layer, `past.{i}.key` / `past.{i}.value`
-(batch, key/value heads, past_seq, head_dim; past_seq may be 0 for the prompt), and returns `logits`
+The graph takes `input_ids` (batch, seq), `attention_mask` (batch, past_seq + seq; 1 = a token,
+0 = left padding, so rows of different lengths can decode in one batch) and, per layer,
+`past.{i}.key` / `past.{i}.value` (batch, key/value heads, past_seq, head_dim; past_seq may be
+0 for the prompt), and returns `logits`
 and `present.{i}.key` / `present.{i}.value`, the cache to feed into the next call. The model's
 config, the tokenizer hash and the special token ids travel inside the file as metadata, so
 the runtime needs nothing but the .onnx file and the tokenizer.
@@ -44,10 +46,10 @@ class _WithFlatCache(nn.Module):
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, *past_flat: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *past_flat: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(len(past_flat) // 2)]
-        logits, _, present = self.model(input_ids, past=past)
+        logits, _, present = self.model(input_ids, past=past, key_mask=attention_mask)
         return (logits, *[t for kv in present for t in kv])
 
 
@@ -63,9 +65,11 @@ def export_onnx(model: GPT, path: Path, opset: int, metadata: dict[str, Any]) ->
     outputs = cache_names(config.n_layer, "present")
     # A non-empty dummy past so no shape is specialised to zero while tracing.
     dummy_ids = torch.zeros((1, 3), dtype=torch.long)
+    dummy_mask = torch.ones((1, 5), dtype=torch.long)
     dummy_past = [torch.zeros(1, config.kv_heads, 2, config.head_dim) for _ in inputs]
     dynamic_axes: dict[str, dict[int, str]] = {
         "input_ids": {0: "batch", 1: "seq"},
+        "attention_mask": {0: "batch", 1: "total_seq"},
         "logits": {0: "batch", 1: "seq"},
     }
     dynamic_axes.update({name: {0: "batch", 2: "past_seq"} for name in inputs})
@@ -74,9 +78,9 @@ def export_onnx(model: GPT, path: Path, opset: int, metadata: dict[str, Any]) ->
         warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic we intend
         torch.onnx.export(
             _WithFlatCache(model),
-            (dummy_ids, *dummy_past),
+            (dummy_ids, dummy_mask, *dummy_past),
             str(tmp),
-            input_names=["input_ids", *inputs],
+            input_names=["input_ids", "attention_mask", *inputs],
             output_names=["logits", *outputs],
             dynamic_axes=dynamic_axes,
             opset_version=opset,
@@ -142,9 +146,11 @@ def check_parity(model: GPT, onnx_path: Path, prompt: list[int], steps: int) -> 
         for name in cache_names(config.n_layer, "past")
     }
     feeds["input_ids"] = np.array([prompt], dtype=np.int64)
-    worst = 0.0
+    worst, total = 0.0, len(prompt)
     for reference in expected:
+        feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
         logits, *present = session.run(None, feeds)
+        total += 1
         difference = float(np.abs(logits[0] - reference).max())
         if not np.isfinite(difference):  # NaN weights: max(0.0, nan) would say 0.0
             return float("nan")

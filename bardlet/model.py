@@ -133,6 +133,7 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         past: tuple[torch.Tensor, torch.Tensor] | None,
+        attend: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         batch, time, channels = x.shape
         q, k, v = self.qkv(x).split(self.split, dim=2)
@@ -140,20 +141,23 @@ class Attention(nn.Module):
         k, v = (t.view(batch, time, self.n_kv_head, self.head_dim).transpose(1, 2) for t in (k, v))
         if self.rotary:
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
         # No dropout on the attention weights: inside SDPA it costs ~40% of a CPU training
         # step, and dropout on the residual branches (Block) regularises as well here.
-        if past is None:
+        if past is None and attend is None:
             # Training and whole-prompt evaluation: the fused causal kernel.
             y = F.scaled_dot_product_attention(q, *self.share(k, v), is_causal=True)
         else:
             # With a cache, query i sits at absolute position past_len + i and may see every
-            # key up to there. SDPA's is_causal aligns to the top-left, so build the mask.
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
+            # key up to there (SDPA's is_causal aligns to the top-left, so build the mask),
+            # except padding (`attend` False) in a batch of rows of different lengths.
             past_len = k.shape[2] - time
             rows = torch.arange(time, device=x.device).unsqueeze(1) + past_len
             cols = torch.arange(k.shape[2], device=x.device).unsqueeze(0)
-            y = F.scaled_dot_product_attention(q, *self.share(k, v), attn_mask=cols <= rows)
+            allowed = cols <= rows if attend is None else (cols <= rows) & attend
+            y = F.scaled_dot_product_attention(q, *self.share(k, v), attn_mask=allowed)
         y = y.transpose(1, 2).contiguous().view(batch, time, channels)
         return self.proj(y), (k, v)  # the cache keeps n_kv_head heads: that is GQA's saving
 
@@ -205,8 +209,9 @@ class Block(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         past: tuple[torch.Tensor, torch.Tensor] | None,
+        attend: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        attn_out, present = self.attn(self.attn_norm(x), cos, sin, past)
+        attn_out, present = self.attn(self.attn_norm(x), cos, sin, past, attend)
         x = x + self.dropout(attn_out)
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x, present
@@ -253,11 +258,15 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         past: KVCache | None = None,
+        key_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, KVCache]:
         """Logits for every position of `idx` (batch, time).
 
         `targets` (same shape, -1 = ignore) gives the mean next-token cross-entropy.
         `past` continues from a KV cache; the returned cache covers past + idx.
+        `key_mask` (batch, past + time; 1 = a token, 0 = padding) lets rows of different
+        lengths share a batch, each padded on the left: a row's positions count its own
+        tokens only, and no query attends to padding. The server's batched decoding uses it.
         """
         time = idx.shape[1]
         past_len = 0 if past is None else past[0][0].shape[2]
@@ -266,14 +275,22 @@ class GPT(nn.Module):
                 f"{past_len + time} positions exceed the model's context of "
                 f"{self.config.block_size} tokens: shorten the input"
             )
-        cos = self.rope_cos[past_len : past_len + time]
-        sin = self.rope_sin[past_len : past_len + time]
         x = self.tok_emb(idx)
-        if self.config.positions == "learned":
-            x = x + self.pos_emb.weight[past_len : past_len + time]
+        attend = None
+        if key_mask is None:
+            cos = self.rope_cos[past_len : past_len + time]
+            sin = self.rope_sin[past_len : past_len + time]
+            if self.config.positions == "learned":
+                x = x + self.pos_emb.weight[past_len : past_len + time]
+        else:
+            positions = (key_mask.long().cumsum(-1)[:, -time:] - 1).clamp(min=0)  # (batch, time)
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+            if self.config.positions == "learned":
+                x = x + self.pos_emb(positions)
+            attend = key_mask.bool()[:, None, None, :]  # (batch, 1 head, 1 query, keys)
         present: KVCache = []
         for i, block in enumerate(self.blocks):
-            x, layer_present = block(x, cos, sin, None if past is None else past[i])
+            x, layer_present = block(x, cos, sin, None if past is None else past[i], attend)
             present.append(layer_present)
         logits = self.lm_head(self.norm(x))
         loss = None

@@ -50,6 +50,7 @@ def decode_speed(path: Path, new_tokens: int, threads: int) -> dict[str, float]:
     for step in range(new_tokens + 1):
         if step == 1:
             started = time.perf_counter()  # decoding only, after the prompt
+        feeds["attention_mask"] = np.ones((1, PROMPT + step), dtype=np.int64)
         logits, *present = session.run(None, feeds)
         feeds = dict(zip(names, present, strict=True))
         feeds["input_ids"] = logits[:, -1:].argmax(-1).astype(np.int64)

@@ -300,23 +300,28 @@ def sample(
             logits[seen] = np.where(values > 0, values / penalty, values * penalty)
     if settings.temperature <= 0:
         return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / settings.temperature
-    if 0 < settings.top_k < scaled.shape[-1]:
-        kth = np.partition(scaled, -settings.top_k)[-settings.top_k]
-        scaled = np.where(scaled < kth, -np.inf, scaled)
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
+    # Top-k first (ties with the k-th kept), so what follows works on k candidates, not the
+    # whole vocabulary. They stay in id order, as a draw over every id would see them.
+    ids = np.arange(len(logits))
+    if 0 < settings.top_k < len(logits):
+        ids = np.flatnonzero(logits >= np.partition(logits, -settings.top_k)[-settings.top_k])
+    chosen = logits[ids].astype(np.float64)
+    # Shifted so the largest is 0: a tiny temperature then makes -inf, never inf - inf.
+    probs = np.exp((chosen - chosen.max()) / settings.temperature)
     if settings.top_p < 1.0:
+        probs /= probs.sum()
         order = np.argsort(-probs, kind="stable")
         cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, settings.top_p)) + 1]
-        kept = np.zeros_like(probs)
-        kept[keep] = probs[keep]
-        probs = kept / kept.sum()
+        # Keep tokens until the cumulative probability first reaches top_p (at least one).
+        dropped = order[int(np.searchsorted(cumulative, settings.top_p)) + 1 :]
+        probs[dropped] = 0.0
     if settings.min_p > 0.0:
-        probs = np.where(probs >= settings.min_p * probs.max(), probs, 0.0)
-        probs /= probs.sum()
-    return int(rng.choice(len(probs), p=probs))
+        probs[probs < settings.min_p * probs.max()] = 0.0
+    # The draw: one uniform number against the cumulative weights (what rng.choice does,
+    # without its checks, which cost more than the rest of this function).
+    cumulative = np.cumsum(probs)
+    at = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return int(ids[min(at, len(ids) - 1)])
 
 
 def stop_cut(text: str, stops: Sequence[str], shown: int, final: bool) -> tuple[int, bool]:
@@ -357,7 +362,7 @@ class Model:
         self.block_size = int(config["block_size"])
         heads = config.get("n_kv_head") or config["n_head"]  # fewer with grouped-query attention
         self.cache_shape = (heads, 0, config["n_embd"] // config["n_head"])
-        self.past_names = [i.name for i in self.session.get_inputs() if i.name != "input_ids"]
+        self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past.")]
 
     def stream(
         self, prompt: list[int], max_new_tokens: int, settings: Sampling, stop_ids: Sequence[int]
@@ -374,7 +379,9 @@ class Model:
         empty = np.zeros((1, *self.cache_shape), dtype=np.float32)
         feeds: dict[str, np.ndarray] = dict.fromkeys(self.past_names, empty)
         feeds["input_ids"] = np.array([prompt], dtype=np.int64)
-        for _ in range(min(max_new_tokens, self.block_size - len(prompt))):
+        for step in range(min(max_new_tokens, self.block_size - len(prompt))):
+            # 1 for every token so far: padding (0) is only for rows of a batch.
+            feeds["attention_mask"] = np.ones((1, len(prompt) + step), dtype=np.int64)
             logits, *present = self.session.run(None, feeds)
             token = sample(logits[0, -1], settings, rng, history)
             if token in stop_ids:

@@ -131,7 +131,10 @@ def main() -> None:
         prompt = render_prompt(tokenizer, [{"role": "user", "content": "Who are you?"}])
         lm = OnnxLM(onnx_path)
         _, past = lm.forward(np.array([prompt[:-1]]), lm.empty_cache())
-        example = {"input_ids": np.array([prompt[-1:]], dtype=np.int64)}
+        example = {
+            "input_ids": np.array([prompt[-1:]], dtype=np.int64),
+            "attention_mask": np.ones((1, len(prompt)), dtype=np.int64),
+        }
         example.update(zip(cache_names(model.config.n_layer, "past"), past, strict=True))
         score = metrics["oasst"]["bpb"] if metrics else info["metrics"]["val_bpb"]
         description = (

@@ -195,7 +195,10 @@ def test_onnx_model_is_registered_and_champion_moves_only_on_improvement(tmp_pat
     path = tmp_path / "model.onnx"
     export_onnx(model, path, 17, {"tokenizer_hash": "h"})
     # A decoding step: one new token after a cache of two.
-    example = {"input_ids": np.array([[3]], dtype=np.int64)}
+    example = {
+        "input_ids": np.array([[3]], dtype=np.int64),
+        "attention_mask": np.ones((1, 3), dtype=np.int64),
+    }
     example.update({n: np.zeros((1, 2, 2, 8), np.float32) for n in cache_names(1, "past")})
 
     results = []
@@ -217,11 +220,15 @@ def test_onnx_model_is_registered_and_champion_moves_only_on_improvement(tmp_pat
     shapes = {s.name: s.shape for s in loaded.metadata.get_input_schema().inputs}
     assert shapes == {
         "input_ids": (-1, -1),
+        "attention_mask": (-1, -1),
         "past.0.key": (-1, 2, -1, 8),
         "past.0.value": (-1, 2, -1, 8),
     }
     assert loaded.predict(example)["logits"].shape == (1, 1, 40)
-    prompt = {"input_ids": np.array([[1, 2, 3]], dtype=np.int64)}
+    prompt = {
+        "input_ids": np.array([[1, 2, 3]], dtype=np.int64),
+        "attention_mask": np.ones((1, 3), dtype=np.int64),
+    }
     prompt.update({n: np.zeros((1, 2, 0, 8), np.float32) for n in cache_names(1, "past")})
     assert loaded.predict(prompt)["logits"].shape == (1, 3, 40)
 

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from bardlet.data.chat_template import ROLES, Message
 from bardlet.retrieval.index import Passage
 from bardlet.retrieval.memory import Turn
-from bardlet.runtime.generation import Generation
+from bardlet.runtime.generation import Generation, TokenSource
 from bardlet.runtime.sampling import Sampling, Style
 from bardlet.runtime.session import OnnxLM
 from bardlet.tokenizer import AnyTokenizer
@@ -162,7 +162,8 @@ def reply(
     max_tokens: int,
     settings: Sampling,
     top_logprobs: int | None = None,
+    stream: TokenSource | None = None,
 ) -> Generation:
     """The model's reply to `prompt`: any special token (a chat marker) ends it."""
     stop_ids = sorted(lm.tokenizer.special_tokens.values())
-    return Generation(lm, prompt, max_tokens, settings, stop_ids, top_logprobs)
+    return Generation(lm, prompt, max_tokens, settings, stop_ids, top_logprobs, stream)

@@ -53,6 +53,7 @@ def measure_onnx_bpb(
         empty = np.zeros((inputs.shape[0], heads, 0, head_dim), dtype=np.float32)
         feeds = dict.fromkeys(past_names, empty)
         feeds["input_ids"] = np.asarray(inputs, dtype=np.int64)
+        feeds["attention_mask"] = np.ones(inputs.shape, dtype=np.int64)
         (logits,) = session.run(logits_only, feeds)
         nats += float(token_losses(logits, np.asarray(targets)).sum())
         counted = targets[targets >= 0]

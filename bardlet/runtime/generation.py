@@ -11,8 +11,9 @@ be the start of one is held back until it is clear that it is not.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Generator, Sequence
-from typing import Any
+import contextlib
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,11 +21,27 @@ from bardlet.runtime.sampling import Sampling
 from bardlet.runtime.session import OnnxLM
 
 
+class TokenIds(Protocol):
+    """A reply's token ids as they are drawn; `close()` stops making more."""
+
+    def __iter__(self) -> Iterator[int]: ...
+    def __next__(self) -> int: ...
+    def close(self) -> None: ...
+
+
+# Makes a reply's token ids: (prompt, max_new_tokens, settings, stop_ids, scores) -> ids.
+TokenSource = Callable[
+    [list[int], int, Sampling, tuple[int, ...], list[np.ndarray] | None], TokenIds
+]
+
+
 class Generation:
     """One reply: `pieces()` yields its text; then `finish_reason` ("stop" or "length") and
     `usage()` say how it ended. `stop_ids` are the tokens that end it (a chat model's
     `<|end|>`, say); other special tokens are dropped from the text. With `top_logprobs`
-    (0 or more), `logprobs()` gives each token's log-probability and that many alternatives."""
+    (0 or more), `logprobs()` gives each token's log-probability and that many alternatives.
+    `stream` makes the token ids: `lm.stream` (this reply alone) by default, or a
+    `Batcher.stream` (the server's shared decode loop), which queues the request at once."""
 
     def __init__(
         self,
@@ -34,6 +51,7 @@ class Generation:
         settings: Sampling,
         stop_ids: Sequence[int] = (),
         top_logprobs: int | None = None,
+        stream: TokenSource | None = None,
     ) -> None:
         lm.check_prompt(prompt)
         self.lm, self.prompt, self.settings = lm, list(prompt), settings
@@ -43,6 +61,8 @@ class Generation:
         self.finish_reason = "stop"
         self.top_logprobs = top_logprobs
         self.scores: list[np.ndarray] | None = None if top_logprobs is None else []
+        source = stream or lm.stream
+        self._ids = source(self.prompt, self.budget, settings, self.stop_ids, self.scores)
 
     def pieces(self) -> Generator[str, None, None]:
         tokenizer = self.lm.tokenizer
@@ -50,7 +70,7 @@ class Generation:
         stops = self.settings.stop
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, shown = "", 0
-        ids = self.lm.stream(self.prompt, self.budget, self.settings, self.stop_ids, self.scores)
+        ids = self._ids
         try:
             for token in ids:
                 self.tokens.append(token)
@@ -74,6 +94,18 @@ class Generation:
 
     def text(self) -> str:
         return "".join(self.pieces())
+
+    def ready(self) -> bool:
+        """True if the next token is already made (by a `Batcher`): reading it will not wait."""
+        ready = getattr(self._ids, "ready", None)
+        return bool(ready and ready())
+
+    def cancel(self) -> None:
+        """Stop making tokens (the reader is gone); safe from another thread with a
+        `Batcher`, whose rows leave the batch at the next token."""
+        # A plain generator running in another thread refuses (ValueError); it ends by itself.
+        with contextlib.suppress(ValueError):
+            self._ids.close()
 
     def logprobs(self, first: int = 0) -> list[dict[str, Any]]:
         """OpenAI's `logprobs.content` for the tokens from `first` on (special ones left out):
@@ -133,11 +165,16 @@ def stop_cut(text: str, stops: Sequence[str], shown: int, final: bool = False) -
 
 
 def continue_text(
-    lm: OnnxLM, text: str, max_tokens: int, settings: Sampling, stop_at_end: bool = True
+    lm: OnnxLM,
+    text: str,
+    max_tokens: int,
+    settings: Sampling,
+    stop_at_end: bool = True,
+    stream: TokenSource | None = None,
 ) -> Generation:
     """A plain-text continuation (no chat template): `<|bos|>` + `text`. It ends where the model
     writes `<|end|>` (a chat model's end of turn) unless `stop_at_end` is False."""
     tokenizer = lm.tokenizer
     prompt = [tokenizer.special_id("<|bos|>"), *tokenizer.encode(text)]
     stop_ids = [tokenizer.special_id("<|end|>")] if stop_at_end else []
-    return Generation(lm, prompt, max_tokens, settings, stop_ids)
+    return Generation(lm, prompt, max_tokens, settings, stop_ids, stream=stream)

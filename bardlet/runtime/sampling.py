@@ -54,21 +54,25 @@ def sample(
         logits = penalize(logits, previous, settings.repetition_penalty)
     if settings.temperature <= 0:
         return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / settings.temperature
-    if 0 < settings.top_k < scaled.shape[-1]:
-        kth = np.partition(scaled, -settings.top_k)[-settings.top_k]
-        scaled = np.where(scaled < kth, -np.inf, scaled)
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
+    # Top-k first (ties with the k-th kept), so what follows works on k candidates, not the
+    # whole vocabulary. They stay in id order, as a draw over every id would see them.
+    ids = np.arange(len(logits))
+    if 0 < settings.top_k < len(logits):
+        ids = np.flatnonzero(logits >= np.partition(logits, -settings.top_k)[-settings.top_k])
+    chosen = logits[ids].astype(np.float64)
+    # Shifted so the largest is 0: a tiny temperature then makes -inf, never inf - inf.
+    probs = np.exp((chosen - chosen.max()) / settings.temperature)
     if settings.top_p < 1.0:
+        probs /= probs.sum()
         order = np.argsort(-probs, kind="stable")
         cumulative = np.cumsum(probs[order])
         # Keep tokens until the cumulative probability first reaches top_p (at least one).
-        keep = order[: int(np.searchsorted(cumulative, settings.top_p)) + 1]
-        kept = np.zeros_like(probs)
-        kept[keep] = probs[keep]
-        probs = kept / kept.sum()
+        dropped = order[int(np.searchsorted(cumulative, settings.top_p)) + 1 :]
+        probs[dropped] = 0.0
     if settings.min_p > 0.0:
-        probs = np.where(probs >= settings.min_p * probs.max(), probs, 0.0)
-        probs /= probs.sum()
-    return int(rng.choice(len(probs), p=probs))
+        probs[probs < settings.min_p * probs.max()] = 0.0
+    # The draw: one uniform number against the cumulative weights (what rng.choice does,
+    # without its checks, which cost more than the rest of this function).
+    cumulative = np.cumsum(probs)
+    at = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return int(ids[min(at, len(ids) - 1)])

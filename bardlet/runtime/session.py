@@ -106,17 +106,27 @@ class OnnxLM:
         self._past_names = [
             f"past.{i}.{kind}" for i in range(self.n_layer) for kind in ("key", "value")
         ]
+        if "attention_mask" not in {i.name for i in self.session.get_inputs()}:
+            raise ValueError(
+                f"{model_path} was exported by an older bardlet (no attention_mask input): "
+                "re-run `dvc repro export`"
+            )
 
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
         shape = (batch, self.cache_heads, 0, self.head_dim)
         return [np.zeros(shape, dtype=np.float32) for _ in self._past_names]
 
     def forward(
-        self, input_ids: np.ndarray, past: list[np.ndarray]
+        self, input_ids: np.ndarray, past: list[np.ndarray], mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Logits (batch, seq, vocab) and the extended cache."""
+        """Logits (batch, seq, vocab) and the extended cache. `mask` (batch, past + seq): 1 for
+        a token, 0 for left padding (rows of different lengths in one batch); all 1 if None."""
         feeds = dict(zip(self._past_names, past, strict=True))
         feeds["input_ids"] = np.asarray(input_ids, dtype=np.int64)
+        if mask is None:
+            batch, seq = feeds["input_ids"].shape
+            mask = np.ones((batch, past[0].shape[2] + seq), dtype=np.int64)
+        feeds["attention_mask"] = mask
         logits, *present = self.session.run(None, feeds)
         return logits, present
 

@@ -1,8 +1,10 @@
 """An OpenAI-compatible HTTP API and a chat page for an exported bardlet model.
 
-The routes are module-level functions over the app's `state`: one `OnnxLM` (its sessions are
-thread-safe; each request keeps its own KV cache). CPU work (tokenizing, fitting, generating)
-runs in the thread pool, so `/health` and other requests stay answered during a long one.
+The routes are module-level functions over the app's `state`: one `OnnxLM` and its `Batcher`,
+the one decode loop every reply joins (continuous batching: bardlet/runtime/batching.py).
+Past its queue a request gets 429 with Retry-After; a client that goes away leaves the batch
+at the next token. CPU work (tokenizing, fitting) runs in the thread pool, so `/health` and
+other requests stay answered during a long one.
 Guards against clients: a body limit, deadlines for the request head and body, a Host check
 on loopback (DNS rebinding), and a 400 naming the field for text that is not valid Unicode.
 """
@@ -10,11 +12,12 @@ on loopback (DNS rebinding), and a 400 naming the field for text that is not val
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,6 +38,8 @@ from bardlet.data.chat_template import render_prompt
 from bardlet.defaults import READ_TIMEOUT
 from bardlet.retrieval.index import Index, Passage
 from bardlet.retrieval.memory import Memory
+from bardlet.runtime.batching import Batcher, Busy
+from bardlet.runtime.beams import MAX_BEAMS, beams
 from bardlet.runtime.conversation import (
     fit_conversation,
     load_styles,
@@ -44,6 +49,7 @@ from bardlet.runtime.conversation import (
     system_with,
     with_settings,
 )
+from bardlet.runtime.generation import Generation, TokenSource
 from bardlet.runtime.sampling import Style
 from bardlet.runtime.session import OnnxLM
 
@@ -75,13 +81,17 @@ class APIError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.error = {"message": message, "type": type_, "param": param, "code": code}
+        self.headers = headers
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": self.error}, status_code=self.status, headers=headers)
+        return JSONResponse(
+            {"error": self.error}, status_code=self.status, headers=headers or self.headers
+        )
 
 
 class ErrorDetail(BaseModel):
@@ -102,6 +112,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or wrong API key",
         413: "Request body too large",
         422: "A field has the wrong type or value",
+        429: "Every batch slot and queue place is taken: retry after Retry-After seconds",
     }.items()
 }
 
@@ -246,6 +257,24 @@ class _Common(BaseModel):
     # Accepted so that a request using them is refused by name (400), not silently ignored.
     tools: list[Any] | None = Field(None, description="not supported: a 400 if not empty")
     response_format: dict[str, Any] | None = Field(None, description='only {"type": "text"}')
+    num_beams: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_BEAMS,
+        description=(
+            "bardlet extension: beam search with this many beams (deterministic: temperature, "
+            "top_k, top_p and seed do not apply; the reply comes when the search ends)"
+        ),
+    )
+    length_penalty: float | None = Field(
+        None,
+        ge=-10.0,
+        le=10.0,
+        description=(
+            "bardlet extension, with num_beams: a hypothesis scores log-prob / length ** "
+            "length_penalty (default 1; 0 favours short replies, above 1 long ones)"
+        ),
+    )
 
 
 class ChatCompletionRequest(_Common):
@@ -285,6 +314,7 @@ class ServerState:
     """What every route shares: `request.app.state.bardlet`."""
 
     lm: OnnxLM
+    batcher: Batcher
     styles: dict[str, Style]
     api_key: bytes | None
     created: int
@@ -346,6 +376,16 @@ def chat_prompt(
         raise APIError(400, str(error), param="messages", code="context_length_exceeded") from None
 
 
+def next_text(gen: Generation, pieces: Iterator[str]) -> str | None:
+    """The reply's next piece, joined with those already made after it (None at the end).
+    A stream's event then carries every token made since the last one: under load, fewer and
+    larger events instead of a backlog of one event per token."""
+    text = next(pieces, None)
+    while text is not None and gen.ready() and (more := next(pieces, None)) is not None:
+        text += more
+    return text
+
+
 def cited(sources: list[Passage]) -> list[dict[str, Any]]:
     """The `sources` extension of a reply: what it was given to read, numbered as in the
     prompt ([1], [2], ...), with the file and the lines (rows, pages) to cite."""
@@ -394,6 +434,7 @@ def check_model(name: str | None) -> None:
 
 
 async def answer(
+    request: Request,
     served: ServerState,
     body: _Common,
     prompt: list[int],
@@ -425,7 +466,18 @@ async def answer(
         raise APIError(400, f"{param}: {first['msg']}", param=param) from None
     wants_logprobs = isinstance(body, ChatCompletionRequest) and bool(body.logprobs)
     top = (body.top_logprobs or 0) if isinstance(body, ChatCompletionRequest) else 0
-    gen = reply(served.lm, prompt, limit, style.sampling(), top if wants_logprobs else None)
+    source: TokenSource = served.batcher.stream  # shared decode loop; beams run on their own
+    if body.num_beams and body.num_beams > 1:
+        source = beams(served.lm, body.num_beams, body.length_penalty or 1.0)
+    try:
+        gen = reply(
+            served.lm, prompt, limit, style.sampling(), top if wants_logprobs else None, source
+        )
+    except Busy as busy:
+        retry = {"Retry-After": str(busy.retry_after)}
+        raise APIError(
+            429, str(busy), "rate_limit_error", code="server_busy", headers=retry
+        ) from None
 
     def remember(said: str) -> None:  # serve --memory: the newest message and its reply
         conversation = getattr(body, "conversation_id", None)
@@ -462,7 +514,13 @@ async def answer(
         return {"content": gen.logprobs(first)} if wants_logprobs else None
 
     if not body.stream:
-        text = await run_in_threadpool(gen.text)
+        # Wait for the reply while watching the connection: a client that gives up frees
+        # its batch slot at the next token.
+        making = asyncio.ensure_future(run_in_threadpool(gen.text))
+        while not (await asyncio.wait({making}, timeout=0.25))[0]:
+            if await request.is_disconnected():
+                gen.cancel()
+        text = making.result()
         await run_in_threadpool(remember, text)
         done = choice(text, gen.finish_reason, logprobs_since(0))
         return head | {"choices": [done], "usage": gen.usage()}
@@ -478,17 +536,19 @@ async def answer(
     async def events() -> AsyncIterator[str]:
         if chat:  # the first chunk says who speaks
             yield event(choice(None) | {"delta": {"role": "assistant", "content": ""}})
-        # Each piece is made in a worker thread: a client that goes away cancels this
-        # between pieces, and generation stops there.
+        # Each piece is waited for in a worker thread: a client that goes away cancels this
+        # between pieces, and its row leaves the batch at the next token.
         pieces, said, sent = gen.pieces(), [], 0
         try:
-            while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+            while (piece := await run_in_threadpool(next_text, gen, pieces)) is not None:
                 said.append(piece)
                 # A chunk's log-probs: the tokens drawn since the chunk before.
                 yield event(choice(piece, logprobs=logprobs_since(sent)))
                 sent = len(gen.tokens)
         finally:
-            pieces.close()
+            gen.cancel()
+            with contextlib.suppress(ValueError):  # still running in its thread: it ends there
+                pieces.close()
             remember("".join(said))  # also what a client that left was sent
         yield event(choice(None, gen.finish_reason, logprobs_since(sent)))
         if usage:
@@ -506,7 +566,12 @@ V1 = [Depends(check_key)]
 
 @router.get("/health", tags=["service"])
 async def health(request: Request) -> dict[str, Any]:
-    return {"status": "ok", "model": MODEL_ID, "context": state(request).lm.block_size}
+    served = state(request)
+    return {
+        "status": "ok",
+        "model": MODEL_ID,
+        "context": served.lm.block_size,
+    } | served.batcher.load()
 
 
 @router.get("/v1/models", tags=["openai"], dependencies=V1, responses=ERRORS)
@@ -537,7 +602,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
     served = state(request)
     limit = body.max_completion_tokens or body.max_tokens or served.lm.block_size
     prompt, sources = await run_in_threadpool(chat_prompt, served, body, limit)
-    return await answer(served, body, prompt, limit, sources)
+    return await answer(request, served, body, prompt, limit, sources)
 
 
 @router.post("/v1/completions", tags=["openai"], dependencies=V1, responses=ERRORS)
@@ -550,7 +615,9 @@ async def completions(request: Request, body: CompletionRequest) -> Any:
     served = state(request)
     tokenizer = served.lm.tokenizer
     prompt = [tokenizer.special_id("<|bos|>"), *await run_in_threadpool(tokenizer.encode, text)]
-    return await answer(served, body, prompt, body.max_tokens or 16)  # OpenAI's default: 16
+    return await answer(
+        request, served, body, prompt, body.max_tokens or 16
+    )  # OpenAI's default: 16
 
 
 @router.get("/", include_in_schema=False)
@@ -608,11 +675,14 @@ def create_app(
     read_timeout: float = READ_TIMEOUT,
     docs: Index | None = None,
     memory: Memory | None = None,
+    max_batch: int = 32,
+    max_waiting: int = 64,
 ) -> FastAPI:
     """The FastAPI app: /v1 (OpenAI-compatible), /health, /openapi.json and the page at /.
     `allowed_hosts`: the only Host names answered (without port), if given. `docs`: an index
     whose passages go into chat prompts and come back as each reply's `sources`. `memory`:
-    where requests with a `conversation_id` keep their turns."""
+    where requests with a `conversation_id` keep their turns. `max_batch` replies decode
+    together; `max_waiting` more may queue, and past that a request gets 429."""
     app = FastAPI(
         title="bardlet",
         version="1",
@@ -622,7 +692,8 @@ def create_app(
     )
     key = api_key.encode() if api_key else None
     styles = load_styles(lm.path)
-    app.state.bardlet = ServerState(lm, styles, key, int(time.time()), docs, memory)
+    batcher = Batcher(lm, max_batch, max_waiting)
+    app.state.bardlet = ServerState(lm, batcher, styles, key, int(time.time()), docs, memory)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(RequestValidationError, _invalid)
