@@ -146,18 +146,14 @@ class Attention(nn.Module):
             v = torch.cat([past[1], v], dim=2)
         # No dropout on the attention weights: inside SDPA it costs ~40% of a CPU training
         # step, and dropout on the residual branches (Block) regularises as well here.
-        if past is None and attend is None:
+        if attend is None:
             # Training and whole-prompt evaluation: the fused causal kernel.
             y = F.scaled_dot_product_attention(q, *self.share(k, v), is_causal=True)
         else:
-            # With a cache, query i sits at absolute position past_len + i and may see every
-            # key up to there (SDPA's is_causal aligns to the top-left, so build the mask),
-            # except padding (`attend` False) in a batch of rows of different lengths.
-            past_len = k.shape[2] - time
-            rows = torch.arange(time, device=x.device).unsqueeze(1) + past_len
-            cols = torch.arange(k.shape[2], device=x.device).unsqueeze(0)
-            allowed = cols <= rows if attend is None else (cols <= rows) & attend
-            y = F.scaled_dot_product_attention(q, *self.share(k, v), attn_mask=allowed)
+            # With a cache: the mask GPT.forward built once for every layer. The scale is a
+            # constant, so the exported graph does not compute it again in every layer.
+            scale = self.head_dim**-0.5
+            y = F.scaled_dot_product_attention(q, *self.share(k, v), attn_mask=attend, scale=scale)
         y = y.transpose(1, 2).contiguous().view(batch, time, channels)
         return self.proj(y), (k, v)  # the cache keeps n_kv_head heads: that is GQA's saving
 
@@ -276,7 +272,6 @@ class GPT(nn.Module):
                 f"{self.config.block_size} tokens: shorten the input"
             )
         x = self.tok_emb(idx)
-        attend = None
         if key_mask is None:
             cos = self.rope_cos[past_len : past_len + time]
             sin = self.rope_sin[past_len : past_len + time]
@@ -287,7 +282,15 @@ class GPT(nn.Module):
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
             if self.config.positions == "learned":
                 x = x + self.pos_emb(positions)
-            attend = key_mask.bool()[:, None, None, :]  # (batch, 1 head, 1 query, keys)
+        attend = None  # no cache, no padding: every layer uses the fused causal kernel
+        if past is not None or key_mask is not None:
+            # Query i sits at position past_len + i and may see every key up to there (SDPA's
+            # is_causal aligns to the top-left, so build the mask), except padding.
+            rows = torch.arange(time, device=idx.device).unsqueeze(1) + past_len
+            cols = torch.arange(past_len + time, device=idx.device).unsqueeze(0)
+            attend = cols <= rows  # (time, keys)
+            if key_mask is not None:  # (batch, 1 head, time, keys)
+                attend = attend & key_mask.bool()[:, None, None, :]
         present: KVCache = []
         for i, block in enumerate(self.blocks):
             x, layer_present = block(x, cos, sin, None if past is None else past[i], attend)
