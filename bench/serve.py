@@ -8,6 +8,9 @@ up; the best round per level (most tokens/s in total) is reported, every round i
 The server decodes every running reply in one batch (continuous batching), so its throughput
 should grow with the clients: the target is 16 clients >= 4x the requests/s of 1 client.
 Latency is a whole request (sent to last token); TTFT is sent to first text.
+
+A second table runs the same requests through the decode loop alone, in this process (a
+`Batcher` and N threads, no HTTP): what batching gives before the server's own costs.
 """
 
 from __future__ import annotations
@@ -151,6 +154,60 @@ COLUMNS = [
 ]
 
 
+def run_engine_level(model: Path, clients: int, seconds: float) -> dict[str, Any]:
+    """N threads sending the chat request straight to a `Batcher` for `seconds`."""
+    sys.path.insert(0, str(common.REPO))
+    from bardlet.data.chat_template import render_prompt
+    from bardlet.runtime.batching import Batcher
+    from bardlet.runtime.conversation import load_styles, reply
+    from bardlet.runtime.session import OnnxLM
+
+    lm = OnnxLM(model)
+    batcher = Batcher(lm, max_batch=max(clients, 1), max_waiting=clients)
+    style = load_styles(lm.path)["default"]
+    prompt = render_prompt(lm.tokenizer, MESSAGES, style.system)
+    tokens = [0] * clients
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    def client_loop(index: int) -> None:
+        n = 0
+        while time.perf_counter() < stop_at:
+            n += 1
+            settings = style.sampling().model_copy(update={"seed": 1000 * index + n})
+            sent = time.perf_counter()
+            gen = reply(lm, prompt, MAX_TOKENS, settings, stream=batcher.stream)
+            gen.text()
+            latencies.append((time.perf_counter() - sent) * 1000)
+            tokens[index] += len(gen.tokens)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "latency_ms_p50": round(percentile(latencies, 50), 1),
+        "latency_ms_p99": round(percentile(latencies, 99), 1),
+        "tokens_per_s_total": round(sum(tokens) / wall, 1),
+    }
+
+
+ENGINE_COLUMNS = [
+    ("clients", "{clients}"),
+    ("requests", "{requests}"),
+    ("req/s", "{requests_per_s:.2f}"),
+    ("latency p50 (ms)", "{latency_ms_p50:.0f}"),
+    ("latency p99 (ms)", "{latency_ms_p99:.0f}"),
+    ("tok/s total", "{tokens_per_s_total:.0f}"),
+]
+
+
 def main() -> None:
     parser = common.parser(__doc__, "1 round, 5 s per level (< 1 min)")
     parser.add_argument("--model", type=Path, default=common.REPO / "models/onnx/model.onnx")
@@ -184,8 +241,12 @@ def main() -> None:
         server.stop()
         log.unlink(missing_ok=True)
 
+    engine = [run_engine_level(args.model, n, seconds) for n in args.clients]
     levels = [max(runs[n], key=lambda run: run["tokens_per_s_total"]) for n in args.clients]
+    print("bardlet serve, streaming clients over HTTP:")
     print(common.rows_table(levels, COLUMNS, align="r"))
+    print("\nthe decode loop alone, in process (no HTTP):")
+    print(common.rows_table(engine, ENGINE_COLUMNS, align="r"))
     meta = {
         **common.run_info(),
         "model": os.path.relpath(args.model.resolve(), common.REPO),
@@ -199,7 +260,8 @@ def main() -> None:
         "stream": True,
     }
     rounds_of = {str(n): runs[n] for n in args.clients}
-    common.save(args.json, {"meta": meta, "levels": levels, "rounds": rounds_of})
+    output = {"meta": meta, "levels": levels, "engine": engine, "rounds": rounds_of}
+    common.save(args.json, output)
 
 
 if __name__ == "__main__":

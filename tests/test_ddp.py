@@ -2,6 +2,8 @@
 batch: same data, averaged gradients, so the same losses and weights up to float rounding."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,27 +49,13 @@ def run(command: list[str]) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    script = tmp_path / "ddp_script.py"
-    script.write_text(SCRIPT.replace("PARAMS_YAML", str(REPO / "params.yaml")))
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    single.mkdir()
-    ddp.mkdir()
-    # One process accumulating 2 micro-batches sees the same global batch as 2 ranks x 1.
-    run([sys.executable, str(script), str(single), "2"])
-    run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(script),
-            str(ddp),
-            "1",
-        ]
-    )
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
+
+def assert_same_training(single: Path, ddp: Path) -> None:
     one = json.loads((single / "history.json").read_text())
     two = json.loads((ddp / "history.json").read_text())
     assert [r["step"] for r in one] == [r["step"] for r in two] == [4.0, 8.0, 12.0]
@@ -78,3 +66,55 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     w1, w2 = load_file(str(single / "final.safetensors")), load_file(str(ddp / "final.safetensors"))
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert worst < 1e-4, worst
+
+
+@pytest.fixture(scope="module")
+def single_and_script(tmp_path_factory) -> tuple[Path, Path]:
+    """The script, and what one process accumulating 2 micro-batches trains: the same global
+    batch as 2 ranks x 1."""
+    folder = tmp_path_factory.mktemp("ddp")
+    script = folder / "ddp_script.py"
+    script.write_text(SCRIPT.replace("PARAMS_YAML", str(REPO / "params.yaml")))
+    single = folder / "single"
+    single.mkdir()
+    run([sys.executable, str(script), str(single), "2"])
+    return script, single
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, single_and_script):
+    script, single = single_and_script
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + [str(script), str(ddp), "1"]
+    )
+    assert_same_training(single, ddp)
+
+
+def test_two_nodes_on_loopback_match_one_process(tmp_path, single_and_script):
+    """Two "nodes" of one process each, as on a cluster: two torchrun launchers meeting at a
+    c10d rendezvous on 127.0.0.1 (`--nnodes 2`); the same weights as one process."""
+    script, single = single_and_script
+    ddp = tmp_path / "nodes"
+    ddp.mkdir()
+    endpoint = f"127.0.0.1:{free_port()}"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
+    launch += ["--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=bardlet-test"]
+    launch += ["--master_addr=127.0.0.1", str(script), str(ddp), "1"]
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")  # the ranks talk on loopback only
+    nodes = [
+        subprocess.Popen(
+            launch, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    for node in nodes:
+        try:
+            output, _ = node.communicate(timeout=300)
+        finally:
+            for other in nodes:
+                if other.poll() is None and node.returncode is None:
+                    other.kill()
+        assert node.returncode == 0, output
+    assert_same_training(single, ddp)
