@@ -369,6 +369,7 @@ class Params(Section):
     # scratch: train our tokenizer and pretrain a GPT; else start from a pretrained GPT-2 or
     # Llama: a folder under data/pretrained/, or "owner/name@revision" from the Hub.
     init: Annotated[str, AfterValidator(_check_init)]
+    device: Literal["auto", "cuda", "mps", "cpu"]
     download: DownloadParams
     prepare: PrepareParams
     tokenizer: TokenizerParams

@@ -12,9 +12,9 @@ from bardlet.config import load_params
 from bardlet.defaults import UserError
 from bardlet.files import sha256_file
 from bardlet.tokenizer import load_tokenizer
-from bardlet.training import checkpoint, distributed
+from bardlet.training import checkpoint
 from bardlet.training.distill import Teacher
-from stages.outputs import switched_off
+from stages.outputs import switched_off, training_device
 from stages.paths import BASE_MODEL, DISTILL_MODEL, TEACHER_MODEL, TOKENIZER_DIR
 from stages.pretrain import train_on_corpus
 
@@ -32,7 +32,7 @@ def main() -> None:
         switched_off("distill", DISTILL_MODEL, OFF)
         return
     folder = TEACHER_MODEL if settings.teacher == "teacher" else BASE_MODEL
-    model, info = checkpoint.load(folder, distributed.init())
+    model, info = checkpoint.load(folder, training_device(params))
     tokenizer = load_tokenizer(TOKENIZER_DIR)
     if (
         info.get("tokenizer_hash") != tokenizer.hash

@@ -21,8 +21,7 @@ from bardlet.files import sha256_file, write_json_atomic
 from bardlet.tokenizer import load_tokenizer
 from bardlet.training import checkpoint
 from bardlet.training.dpo import encode_pair, preference_metrics, train_dpo
-from bardlet.training.loop import pick_device
-from stages.outputs import switched_off
+from stages.outputs import switched_off, training_device
 from stages.paths import CHAT_MODEL, DPO_MODEL, PREFS, REPORTS, SHARDS, TOKENIZER_DIR
 
 OFF = """# models/dpo
@@ -39,7 +38,7 @@ def main() -> None:
         switched_off("dpo", DPO_MODEL, OFF, curves=False)
         return
 
-    device = pick_device()
+    device = training_device(params)
     tokenizer = load_tokenizer(TOKENIZER_DIR)
     model, info = checkpoint.load(CHAT_MODEL, device)
     reference, _ = checkpoint.load(CHAT_MODEL, device)

@@ -6,15 +6,17 @@ to reports/local/ (git-ignored; dvc.yaml's top-level `metrics` shows them), so a
 run leaves `git status` clean.
 """
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from bardlet import tracking
-from bardlet.config import TrainParams
+from bardlet.config import Params, TrainParams
 from bardlet.data.loaders import Batch, BatchSource
 from bardlet.files import new_folder, write_csv_atomic, write_json_atomic, write_text_atomic
 from bardlet.model import GPT
@@ -23,6 +25,14 @@ from bardlet.training import checkpoint, distributed
 from bardlet.training.distill import Teacher
 from bardlet.training.loop import TrainResult, train
 from stages.paths import CHECKPOINTS, LOCAL_REPORTS, PLOTS, REPORTS
+
+
+def training_device(params: Params) -> torch.device:
+    """params.yaml's `device`, or `--device` given to the stage once
+    (`python -m stages.pretrain --device cpu`); joins torchrun's process group if any."""
+    parser = argparse.ArgumentParser(description="Run this training stage.")
+    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default=params.device)
+    return distributed.init(parser.parse_known_args()[0].device)
 
 
 @dataclass

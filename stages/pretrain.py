@@ -21,7 +21,7 @@ from bardlet.model import GPT, GPTConfig
 from bardlet.tokenizer import AnyTokenizer, load_tokenizer
 from bardlet.training import checkpoint, distributed
 from bardlet.training.distill import Teacher
-from stages.outputs import train_and_save
+from stages.outputs import train_and_save, training_device
 from stages.paths import BASE_MODEL, PLOTS, REPORTS, SHARDS, TOKENIZER_DIR
 
 
@@ -109,7 +109,7 @@ def train_on_corpus(
     )
     torch.manual_seed(settings.seed)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **shape.model_dump())
-    model = GPT(config).to(distributed.init())
+    model = GPT(config).to(training_device(params))
     print(
         f"{name}: {model.num_params():,} parameters; {identity['train_tokens']:,} training tokens"
     )

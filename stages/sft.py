@@ -19,7 +19,7 @@ from bardlet.files import sha256_file
 from bardlet.model import GPT
 from bardlet.tokenizer import load_tokenizer
 from bardlet.training import checkpoint, distributed, lora
-from stages.outputs import Saved, train_and_save
+from stages.outputs import Saved, train_and_save, training_device
 from stages.paths import BASE_MODEL, CHAT_MODEL, DISTILL_MODEL, SHARDS, TOKENIZER_DIR
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     settings = params.sft
     tokenizer = load_tokenizer(TOKENIZER_DIR)
     base = DISTILL_MODEL if params.distill.enabled else BASE_MODEL  # the distilled, if made
-    model, base_info = checkpoint.load(base, distributed.init())
+    model, base_info = checkpoint.load(base, training_device(params))
     if base_info["tokenizer_hash"] != tokenizer.hash:
         raise SystemExit(f"{base} was trained with another tokenizer: run `dvc repro`")
     block = model.config.block_size

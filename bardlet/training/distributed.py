@@ -15,17 +15,48 @@ import os
 import torch
 import torch.distributed as dist
 
+from bardlet.defaults import UserError
 
-def init() -> torch.device:
+
+def choose_device(wanted: str = "auto") -> str:
+    """params.yaml's `device`: auto picks CUDA, then Apple's MPS, then the CPU; a named one
+    that is not there is an error that says so, not a silent fall back to the CPU."""
+    present = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if wanted == "auto":
+        return next(kind for kind, here in present.items() if here)
+    if wanted not in present:
+        raise UserError(f"device {wanted!r} is not one of auto, cuda, mps, cpu")
+    if not present[wanted]:
+        raise UserError(
+            f"device is {wanted} but this machine has no {wanted.upper()} device that PyTorch "
+            "can use: set `device: auto` (or cpu) in params.yaml"
+        )
+    return wanted
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The lower precision training runs its forward pass in, or None for fp32: bf16 on a
+    CUDA GPU that has it; fp32 on MPS and the CPU (bf16 there is slower or unsupported)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def init(wanted: str = "auto") -> torch.device:
     """Join the process group if torchrun started us; returns this rank's device."""
+    kind = choose_device(wanted)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         # gloo runs on any CPU; NCCL is the fast path between GPUs.
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo")
+    if kind == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         return device
-    return torch.device("cpu")
+    return torch.device(kind)
 
 
 def rank() -> int:

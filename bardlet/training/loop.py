@@ -43,10 +43,6 @@ from bardlet.training import checkpoint, distributed
 from bardlet.training.distill import Teacher, distillation_loss
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def learning_rate(step: int, params: TrainParams) -> float:
     """Linear warmup, then either cosine decay to min_lr_ratio * peak, or warmup-stable-decay:
     hold the peak, then decay linearly to the floor over the last decay_fraction of steps."""
@@ -152,6 +148,7 @@ def train(
     torch.manual_seed(params.seed)
     optimizer = make_optimizer(model, params, device)
     use_cuda = device.type == "cuda"
+    low_precision = distributed.autocast_dtype(device)
     world, rank = distributed.world_size(), distributed.rank()
     # DDP averages gradients across ranks during backward; the bare model stays `model`.
     wrapped = DistributedDataParallel(model) if world > 1 else model
@@ -224,7 +221,9 @@ def train(
                 inputs, targets = train_data.batch(index)
                 x = torch.from_numpy(inputs).to(device, non_blocking=True)
                 y = torch.from_numpy(targets).to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
+                with torch.autocast(
+                    device.type, dtype=low_precision, enabled=low_precision is not None
+                ):
                     logits, _, _ = forward(x)
                     taught = teacher.logits(x) if teacher is not None else None
                 if teacher is None or taught is None:
