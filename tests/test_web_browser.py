@@ -6,7 +6,9 @@ Playwright's own browser download is never used. Without either, these tests ski
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -106,6 +108,14 @@ def is_streaming(page) -> bool:
     return page.locator("#log .msg.assistant.streaming").count() > 0
 
 
+def stored_messages(page) -> list[dict]:
+    """The current conversation as the page keeps it in localStorage."""
+    origins = page.context.storage_state()["origins"]
+    items = {i["name"]: i["value"] for o in origins for i in o["localStorage"]}
+    store = json.loads(items["bardlet-chats"])
+    return store["chats"][store["current"]]["messages"]
+
+
 def screenshot(page, path: Path) -> None:
     page.screenshot(path=str(path), full_page=True)
     data = path.read_bytes()
@@ -129,16 +139,16 @@ def test_a_typed_message_gets_a_streamed_reply(page, tmp_path):
     samples: list[str] = []
     deadline = time.monotonic() + WAIT_MS / 1000
     while time.monotonic() < deadline:
-        streaming = is_streaming(page)
         text = assistant_text(page)
-        if text and (not samples or text != samples[-1]):
+        streaming = is_streaming(page)  # still streaming after the read: a plain-text sample
+        if streaming and text and (not samples or text != samples[-1]):
             samples.append(text)
         if not streaming and page.locator("#log .msg.assistant").count():
             break
         time.sleep(0.03)
     else:
         pytest.fail(f"the reply did not finish in {WAIT_MS / 1000} s: {samples[-1:]}")
-    final = assistant_text(page)
+    final = stored_messages(page)[-1]["content"]  # shown as Markdown: the text as written
     assert final.strip(), "the assistant bubble is empty"
     assert len(samples) >= 3, f"the reply did not grow piece by piece: {samples}"
     for before, after in zip(samples, samples[1:], strict=False):
@@ -241,3 +251,213 @@ def test_a_reply_shows_its_sources_as_citations_never_as_markup(
     finally:
         context.close()
         served.stop()
+
+
+# ---------------------------------------------------------------- the page's features
+
+MARKDOWN_REPLY = (
+    "Here is **bold**, *emphasis* and `code`.\n\n- one\n- two\n\n1. first\n2. second\n\n"
+    "```python\nprint('<b>hi</b>')\n```\n\nAnd <img src=x onerror=alert(1)><script>alert(2)</script>"
+)
+
+
+def open_page(browser, server, width: int, *, stored: dict | None = None, dark: bool = False):
+    """A fresh browser context at `width` px (390 is a phone), with a saved conversation store
+    if given; returns (page, errors)."""
+    state = None
+    if stored is not None:
+        value = json.dumps(stored)
+        entry = {"name": "bardlet-chats", "value": value}
+        state = {"cookies": [], "origins": [{"origin": server.url, "localStorage": [entry]}]}
+    context = browser.new_context(
+        viewport={"width": width, "height": 800},
+        storage_state=state,
+        color_scheme="dark" if dark else "light",
+    )
+    context.set_default_timeout(WAIT_MS)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
+    tab.on("console", lambda msg: msg.type == "error" and errors.append(f"console: {msg.text}"))
+    tab.goto(server.url + "/")
+    tab.locator("#style option").first.wait_for(state="attached")
+    return tab, errors
+
+
+def saved(*conversations: tuple[str, str, list[dict]]) -> dict:
+    chats = {
+        cid: {"id": cid, "title": title, "messages": messages, "updated": 1000 - i}
+        for i, (cid, title, messages) in enumerate(conversations)
+    }
+    return {"current": conversations[0][0], "chats": chats}
+
+
+def finish_reply(page, count: int) -> None:
+    wait_until(lambda: page.locator("#log .msg.assistant").count() == count, f"reply {count}")
+    wait_until(lambda: not is_streaming(page), "the reply to finish")
+    page.wait_for_selector(f"#log .meta.assistant >> nth={count - 1}")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_replies_render_as_markdown_and_never_as_markup(browser, server, tmp_path, width):
+    stored = saved(
+        ("a", "", [{"role": "user", "content": "<b>not bold</b>"},
+                   {"role": "assistant", "content": MARKDOWN_REPLY}]),
+    )  # fmt: skip
+    page, errors = open_page(browser, server, width, stored=stored)
+    reply = page.locator("#log .msg.assistant").last
+    assert reply.locator("strong").text_content() == "bold"
+    assert reply.locator("em").text_content() == "emphasis"
+    assert reply.locator("p code").text_content() == "code"
+    assert reply.locator("ul li").all_text_contents() == ["one", "two"]
+    assert reply.locator("ol li").all_text_contents() == ["first", "second"]
+    assert reply.locator("pre code").text_content() == "print('<b>hi</b>')"
+    assert reply.locator("pre code").get_attribute("data-language") == "python"
+    # Markup in a reply or a message is text: no element came from it.
+    assert page.locator("#log img, #log script, #log b").count() == 0
+    assert "<img src=x onerror=alert(1)><script>alert(2)</script>" in reply.text_content()
+    assert page.locator("#log .msg.user").text_content() == "<b>not bold</b>"
+    assert errors == []
+    screenshot(page, tmp_path / f"markdown-{width}.png")
+    page.context.close()
+
+
+def test_conversations_persist_and_can_be_switched_renamed_and_deleted(browser, server, tmp_path):
+    stored = saved(
+        ("a", "", [{"role": "user", "content": "first chat"},
+                   {"role": "assistant", "content": "reply one"}]),
+        ("b", "Named", [{"role": "user", "content": "second chat"},
+                        {"role": "assistant", "content": "reply two"}]),
+    )  # fmt: skip
+    page, errors = open_page(browser, server, 1280, stored=stored)
+    titles = page.locator("#chat-list .open")
+    assert titles.all_text_contents() == ["first chat", "Named"]
+    assert page.locator("#log .msg.user").text_content() == "first chat"
+    titles.nth(1).click()
+    assert page.locator("#log .msg.user").text_content() == "second chat"
+    assert titles.nth(1).get_attribute("aria-current") == "true"
+    page.reload()  # what was open stays open
+    page.locator("#style option").first.wait_for(state="attached")
+    assert page.locator("#log .msg.user").text_content() == "second chat"
+
+    page.once("dialog", lambda dialog: dialog.accept("Renamed"))
+    page.locator("#chat-list .rename").nth(1).click()
+    assert page.locator("#chat-list .open").all_text_contents() == ["first chat", "Renamed"]
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#chat-list .delete").nth(1).click()
+    assert page.locator("#chat-list .open").all_text_contents() == ["first chat"]
+    assert page.locator("#log .msg.user").text_content() == "first chat"
+
+    page.click("#clear")  # a new conversation; the old one stays in the list
+    assert page.locator("#log .msg").count() == 0
+    page.fill("#max-tokens", "6")
+    page.fill("#input", "a third one")
+    page.press("#input", "Enter")
+    finish_reply(page, 1)
+    assert page.locator("#chat-list .open").all_text_contents() == ["a third one", "first chat"]
+    assert [m["role"] for m in stored_messages(page)] == ["user", "assistant"]
+    assert errors == []
+    screenshot(page, tmp_path / "conversations.png")
+    page.context.close()
+
+
+def test_settings_are_sent_and_seeded_regenerate_repeats_and_edit_resends(
+    browser, server, tmp_path
+):
+    page, errors = open_page(browser, server, 1280)
+    sent: list[dict] = []
+    page.on(
+        "request",
+        lambda r: r.url.endswith("/v1/chat/completions") and sent.append(json.loads(r.post_data)),
+    )
+    styles = page.locator("#style option").all_text_contents()
+    page.select_option("#style", styles[-1])
+    page.fill("#top-k", "7")
+    page.fill("#seed", "42")
+    page.fill("#max-tokens", "12")
+    page.fill("#input", "Speak, friend.")
+    page.press("#input", "Enter")
+    finish_reply(page, 1)
+    assert sent[-1]["top_k"] == 7 and sent[-1]["seed"] == 42 and sent[-1]["max_tokens"] == 12
+    first = stored_messages(page)[-1]["content"]
+    stats = page.locator("#log .meta.assistant .stats").last.text_content()
+    assert re.fullmatch(r"\d+ tokens · \d+ tokens/s", stats), stats
+
+    page.click("#log .meta.assistant button.regenerate")  # same seed: the same reply again
+    finish_reply(page, 1)
+    assert [m["content"] for m in stored_messages(page)] == ["Speak, friend.", first]
+    assert len(sent) == 2 and sent[1]["messages"] == sent[0]["messages"]
+
+    page.click("#log .meta.user button.edit")  # the message returns to the box, then resent
+    assert page.input_value("#input") == "Speak, friend."
+    assert page.locator("#log .msg").count() == 0
+    page.fill("#input", "Speak again.")
+    page.keyboard.press("Shift+Enter")  # a new line, not a send
+    assert page.locator("#log .msg").count() == 0
+    page.click("#send")
+    finish_reply(page, 1)
+    assert [m["role"] for m in stored_messages(page)] == ["user", "assistant"]
+    assert stored_messages(page)[0]["content"] == "Speak again."
+    assert sent[-1]["messages"][-1] == {"role": "user", "content": "Speak again."}
+    assert errors == []
+    screenshot(page, tmp_path / "actions.png")
+    page.context.close()
+
+
+def test_a_style_sets_every_sampling_control(browser, server):
+    page, errors = open_page(browser, server, 1280)
+    styles = json.loads(page.context.request.get(server.url + "/v1/styles").text())["data"]
+    for style in styles:
+        page.select_option("#style", style["id"])
+        assert float(page.input_value("#temperature")) == pytest.approx(style["temperature"])
+        assert int(page.input_value("#top-k")) == style["top_k"]
+        assert float(page.input_value("#top-p")) == pytest.approx(style["top_p"])
+        assert page.input_value("#seed") == ("" if style["seed"] is None else str(style["seed"]))
+    assert errors == []
+    page.context.close()
+
+
+def test_on_a_phone_settings_and_conversations_are_drawers(browser, server, tmp_path):
+    page, errors = open_page(browser, server, 390)
+    assert not page.is_visible("#temperature")  # the drawer is closed
+    assert page.is_visible("#input") and page.is_visible("#send")
+    composer = page.locator("#input").bounding_box()
+    assert composer is not None and composer["width"] > 250  # the box uses the width
+    screenshot(page, tmp_path / "phone.png")
+
+    page.click("#open-settings")
+    assert page.get_attribute("#open-settings", "aria-expanded") == "true"
+    wait_until(lambda: page.is_visible("#temperature"), "the settings drawer to open")
+    def settled() -> bool:  # the drawer has slid fully in
+        box = page.locator("#settings").bounding_box()
+        return box is not None and abs(box["x"] + box["width"] - 390) < 1
+
+    wait_until(settled, "the settings drawer to slide in")
+    field = page.locator("#style").bounding_box()
+    assert field is not None and field["width"] > 250  # no squeezed 95 px column
+    screenshot(page, tmp_path / "phone-settings.png")
+    page.keyboard.press("Escape")
+    wait_until(lambda: not page.is_visible("#temperature"), "the settings drawer to close")
+
+    page.click("#open-chats")
+    wait_until(lambda: page.is_visible("#clear"), "the conversations drawer to open")
+    screenshot(page, tmp_path / "phone-chats.png")
+    page.click("#backdrop", position={"x": 380, "y": 400})
+    wait_until(lambda: not page.is_visible("#clear"), "the conversations drawer to close")
+    assert errors == []
+    page.context.close()
+
+
+def test_dark_mode_reaches_the_inputs_and_every_field_has_a_label(browser, server, tmp_path):
+    page, errors = open_page(browser, server, 1280, dark=True)
+    for selector in ("#input", "#system", "#style", "#max-tokens", "#seed"):
+        background = page.locator(selector).evaluate("e => getComputedStyle(e).backgroundColor")
+        channels = [int(c) for c in re.findall(r"\d+", background)[:3]]
+        assert max(channels) < 100, (selector, background)  # dark, not the default white
+    fields = page.locator("input, select, textarea")
+    for i in range(fields.count()):
+        assert fields.nth(i).evaluate("e => e.labels.length") > 0, fields.nth(i).get_attribute("id")
+    assert page.get_attribute("#log", "aria-live") == "polite"
+    assert errors == []
+    screenshot(page, tmp_path / "dark.png")
+    page.context.close()
