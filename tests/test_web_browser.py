@@ -292,6 +292,21 @@ def saved(*conversations: tuple[str, str, list[dict]]) -> dict:
     return {"current": conversations[0][0], "chats": chats}
 
 
+def show(page, drawer: str) -> None:
+    """Open the `chats` or `settings` drawer when the page has drawers (a phone); no-op wide."""
+    toggle = page.locator(f"#open-{drawer}")
+    if toggle.is_visible() and toggle.get_attribute("aria-expanded") != "true":
+        toggle.click()
+        wait_until(lambda: slid_in(page, drawer), f"the {drawer} drawer to slide in")
+
+
+def slid_in(page, drawer: str) -> bool:
+    """The drawer is open and wholly on screen (its slide has ended)."""
+    box = page.locator(f"#{drawer}").bounding_box()
+    width = page.viewport_size["width"]
+    return box is not None and box["x"] > -0.5 and box["x"] + box["width"] < width + 0.5
+
+
 def finish_reply(page, count: int) -> None:
     wait_until(lambda: page.locator("#log .msg.assistant").count() == count, f"reply {count}")
     wait_until(lambda: not is_streaming(page), "the reply to finish")
@@ -322,14 +337,18 @@ def test_replies_render_as_markdown_and_never_as_markup(browser, server, tmp_pat
     page.context.close()
 
 
-def test_conversations_persist_and_can_be_switched_renamed_and_deleted(browser, server, tmp_path):
+@pytest.mark.parametrize("width", [1280, 390])
+def test_conversations_persist_and_can_be_switched_renamed_and_deleted(
+    browser, server, tmp_path, width
+):
     stored = saved(
         ("a", "", [{"role": "user", "content": "first chat"},
                    {"role": "assistant", "content": "reply one"}]),
         ("b", "Named", [{"role": "user", "content": "second chat"},
                         {"role": "assistant", "content": "reply two"}]),
     )  # fmt: skip
-    page, errors = open_page(browser, server, 1280, stored=stored)
+    page, errors = open_page(browser, server, width, stored=stored)
+    show(page, "chats")
     titles = page.locator("#chat-list .open")
     assert titles.all_text_contents() == ["first chat", "Named"]
     assert page.locator("#log .msg.user").text_content() == "first chat"
@@ -339,6 +358,7 @@ def test_conversations_persist_and_can_be_switched_renamed_and_deleted(browser, 
     page.reload()  # what was open stays open
     page.locator("#style option").first.wait_for(state="attached")
     assert page.locator("#log .msg.user").text_content() == "second chat"
+    show(page, "chats")
 
     page.once("dialog", lambda dialog: dialog.accept("Renamed"))
     page.locator("#chat-list .rename").nth(1).click()
@@ -350,31 +370,37 @@ def test_conversations_persist_and_can_be_switched_renamed_and_deleted(browser, 
 
     page.click("#clear")  # a new conversation; the old one stays in the list
     assert page.locator("#log .msg").count() == 0
+    show(page, "settings")
     page.fill("#max-tokens", "6")
+    page.keyboard.press("Escape")
     page.fill("#input", "a third one")
     page.press("#input", "Enter")
     finish_reply(page, 1)
     assert page.locator("#chat-list .open").all_text_contents() == ["a third one", "first chat"]
     assert [m["role"] for m in stored_messages(page)] == ["user", "assistant"]
     assert errors == []
-    screenshot(page, tmp_path / "conversations.png")
+    show(page, "chats")
+    screenshot(page, tmp_path / f"conversations-{width}.png")
     page.context.close()
 
 
+@pytest.mark.parametrize("width", [1280, 390])
 def test_settings_are_sent_and_seeded_regenerate_repeats_and_edit_resends(
-    browser, server, tmp_path
+    browser, server, tmp_path, width
 ):
-    page, errors = open_page(browser, server, 1280)
+    page, errors = open_page(browser, server, width)
     sent: list[dict] = []
     page.on(
         "request",
         lambda r: r.url.endswith("/v1/chat/completions") and sent.append(json.loads(r.post_data)),
     )
     styles = page.locator("#style option").all_text_contents()
+    show(page, "settings")
     page.select_option("#style", styles[-1])
     page.fill("#top-k", "7")
     page.fill("#seed", "42")
     page.fill("#max-tokens", "12")
+    page.keyboard.press("Escape")
     page.fill("#input", "Speak, friend.")
     page.press("#input", "Enter")
     finish_reply(page, 1)
@@ -400,7 +426,7 @@ def test_settings_are_sent_and_seeded_regenerate_repeats_and_edit_resends(
     assert stored_messages(page)[0]["content"] == "Speak again."
     assert sent[-1]["messages"][-1] == {"role": "user", "content": "Speak again."}
     assert errors == []
-    screenshot(page, tmp_path / "actions.png")
+    screenshot(page, tmp_path / f"actions-{width}.png")
     page.context.close()
 
 
@@ -425,22 +451,17 @@ def test_on_a_phone_settings_and_conversations_are_drawers(browser, server, tmp_
     assert composer is not None and composer["width"] > 250  # the box uses the width
     screenshot(page, tmp_path / "phone.png")
 
-    page.click("#open-settings")
+    show(page, "settings")
     assert page.get_attribute("#open-settings", "aria-expanded") == "true"
-    wait_until(lambda: page.is_visible("#temperature"), "the settings drawer to open")
-    def settled() -> bool:  # the drawer has slid fully in
-        box = page.locator("#settings").bounding_box()
-        return box is not None and abs(box["x"] + box["width"] - 390) < 1
-
-    wait_until(settled, "the settings drawer to slide in")
+    assert page.is_visible("#temperature")
     field = page.locator("#style").bounding_box()
     assert field is not None and field["width"] > 250  # no squeezed 95 px column
     screenshot(page, tmp_path / "phone-settings.png")
     page.keyboard.press("Escape")
     wait_until(lambda: not page.is_visible("#temperature"), "the settings drawer to close")
 
-    page.click("#open-chats")
-    wait_until(lambda: page.is_visible("#clear"), "the conversations drawer to open")
+    show(page, "chats")
+    assert page.is_visible("#clear")
     screenshot(page, tmp_path / "phone-chats.png")
     page.click("#backdrop", position={"x": 380, "y": 400})
     wait_until(lambda: not page.is_visible("#clear"), "the conversations drawer to close")
