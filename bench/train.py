@@ -1,4 +1,4 @@
-"""Benchmark bardlet's training step against a `torch.nn.TransformerEncoderLayer` baseline.
+"""Benchmark bardlet's training step against nanoGPT's GPT-2 (`NanoGPT`, written as its model.py).
 
     .venv/bin/python bench/train.py --json bench/results/train.json   # 10-15 minutes
     .venv/bin/python bench/train.py --quick     # about a minute: 1 thread, few steps, no compile
@@ -57,45 +57,61 @@ def default_shape() -> Shape:
 BABY_GPT = Shape("baby-GPT", 4, 4, 128, 64, 12, 65)
 
 
-class TorchEncoderGPT(nn.Module):
-    """The usual 'GPT from nn.TransformerEncoderLayer + causal mask' of small projects."""
+class NanoGPT(nn.Module):
+    """The baseline: GPT-2 the way nanoGPT's model.py writes it (LayerNorm, learned
+    positions, one matrix for q, k and v, SDPA with is_causal, a GELU MLP 4x wide, the head
+    tied to the embedding, no biases as in its Shakespeare configs), trained by the same loop
+    settings as bardlet's model: AdamW with decay on matrices, clip 1.0, fp32."""
 
     def __init__(self, shape: Shape, dropout: float) -> None:
         super().__init__()
         width = shape.n_embd
+        self.n_head, self.dropout = shape.n_head, dropout
         self.tok_emb = nn.Embedding(shape.vocab_size, width)
         self.pos_emb = nn.Embedding(shape.block_size, width)
-        layer = nn.TransformerEncoderLayer(
-            width,
-            shape.n_head,
-            dim_feedforward=4 * width,
-            dropout=dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "ln_1": nn.LayerNorm(width, bias=False),
+                    "c_attn": nn.Linear(width, 3 * width, bias=False),
+                    "c_proj": nn.Linear(width, width, bias=False),
+                    "ln_2": nn.LayerNorm(width, bias=False),
+                    "c_fc": nn.Linear(width, 4 * width, bias=False),
+                    "mlp_proj": nn.Linear(4 * width, width, bias=False),
+                }
+            )
+            for _ in range(shape.n_layer)
         )
-        self.encoder = nn.TransformerEncoder(layer, shape.n_layer, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
+        self.ln_f = nn.LayerNorm(width, bias=False)
         self.head = nn.Linear(width, shape.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight
-        mask = nn.Transformer.generate_square_subsequent_mask(shape.block_size)
-        self.register_buffer("causal_mask", mask, persistent=False)
+
+    def attention(self, block: nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
+        batch, time_, width = x.shape
+        q, k, v = block["c_attn"](x).split(width, dim=2)
+        q, k, v = (t.view(batch, time_, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(batch, time_, width)
+        return F.dropout(block["c_proj"](y), drop, self.training)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        time_ = idx.shape[1]
-        positions = torch.arange(time_, device=idx.device)
-        x = self.tok_emb(idx) + self.pos_emb(positions)
-        x = self.encoder(x, mask=self.causal_mask[:time_, :time_])
-        logits = self.head(self.norm(x))
+        positions = torch.arange(idx.shape[1], device=idx.device)
+        x = F.dropout(self.tok_emb(idx) + self.pos_emb(positions), self.dropout, self.training)
+        for block in self.blocks:
+            x = x + self.attention(block, block["ln_1"](x))
+            hidden = F.gelu(block["c_fc"](block["ln_2"](x)))
+            x = x + F.dropout(block["mlp_proj"](hidden), self.dropout, self.training)
+        logits = self.head(self.ln_f(x))
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss
 
 
 def build_model(kind: str, shape: Shape, dropout: float) -> nn.Module:
     if kind == "baseline":
-        return TorchEncoderGPT(shape, dropout)
+        return NanoGPT(shape, dropout)
     sizes = {k: v for k, v in asdict(shape).items() if k not in ("name", "batch_size")}
     return GPT(GPTConfig(**sizes, dropout=dropout, tie_embeddings=True))
 
