@@ -10,7 +10,9 @@ should grow with the clients: the target is 16 clients >= 4x the requests/s of 1
 Latency is a whole request (sent to last token); TTFT is sent to first text.
 
 A second table runs the same requests through the decode loop alone, in this process (a
-`Batcher` and N threads, no HTTP): what batching gives before the server's own costs.
+`Batcher` and N threads, no HTTP): what batching gives before the server's own costs. Last,
+32 replies to lines of docs/ (half greedy, half seeded sampling), computed one by one
+and then all at once in a batch: how many are identical, and the largest logit difference.
 """
 
 from __future__ import annotations
@@ -198,6 +200,49 @@ def run_engine_level(model: Path, clients: int, seconds: float) -> dict[str, Any
     }
 
 
+def batched_vs_alone(model: Path, replies: int = 32) -> dict[str, Any]:
+    """The same replies alone and inside a batch of 16: identical replies, max logit gap."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from bardlet.data.chat_template import render_prompt
+    from bardlet.runtime.batching import Batcher
+    from bardlet.runtime.sampling import Sampling
+    from bardlet.runtime.session import OnnxLM
+
+    lm = OnnxLM(model, threads=1)
+    stops = sorted(lm.tokenizer.special_tokens.values())
+    docs = sorted((common.REPO / "docs").glob("*.md"))
+    text = "\n".join(path.read_text(encoding="utf-8") for path in docs)
+    lines = [line for line in text.splitlines() if len(line) > 20][:replies]
+    jobs = []
+    for i, line in enumerate(lines):
+        prompt = render_prompt(lm.tokenizer, [{"role": "user", "content": line}])
+        seeded = Sampling(temperature=0.8, top_k=40, top_p=0.95, seed=i)
+        jobs.append((prompt, MAX_TOKENS, Sampling(temperature=0) if i % 2 else seeded))
+
+    def run(source: Any, job: tuple) -> tuple[list[int], list[Any]]:
+        scores: list[Any] = []
+        return list(source(*job, stop_ids=stops, scores=scores)), scores
+
+    alone = [run(lm.stream, job) for job in jobs]
+    batcher = Batcher(lm, max_batch=16, max_waiting=len(jobs))
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(lambda job: run(batcher.stream, job), jobs))
+    gaps = [
+        float(np.abs(a - b).max())
+        for (_, ours), (_, theirs) in zip(alone, together, strict=True)
+        for a, b in zip(ours, theirs, strict=False)
+    ]
+    return {
+        "replies": len(jobs),
+        "tokens": sum(len(tokens) for tokens, _ in alone),
+        "identical_replies": sum(a[0] == b[0] for a, b in zip(alone, together, strict=True)),
+        "max_logit_difference": max(gaps),
+    }
+
+
 ENGINE_COLUMNS = [
     ("clients", "{clients}"),
     ("requests", "{requests}"),
@@ -242,11 +287,16 @@ def main() -> None:
         log.unlink(missing_ok=True)
 
     engine = [run_engine_level(args.model, n, seconds) for n in args.clients]
+    same = batched_vs_alone(args.model)
     levels = [max(runs[n], key=lambda run: run["tokens_per_s_total"]) for n in args.clients]
     print("bardlet serve, streaming clients over HTTP:")
     print(common.rows_table(levels, COLUMNS, align="r"))
     print("\nthe decode loop alone, in process (no HTTP):")
     print(common.rows_table(engine, ENGINE_COLUMNS, align="r"))
+    print(
+        f"\nbatched vs alone: {same['identical_replies']}/{same['replies']} replies identical "
+        f"({same['tokens']} tokens), max logit difference {same['max_logit_difference']:.1e}"
+    )
     meta = {
         **common.run_info(),
         "model": os.path.relpath(args.model.resolve(), common.REPO),
@@ -260,7 +310,8 @@ def main() -> None:
         "stream": True,
     }
     rounds_of = {str(n): runs[n] for n in args.clients}
-    output = {"meta": meta, "levels": levels, "engine": engine, "rounds": rounds_of}
+    output = {"meta": meta, "levels": levels, "engine": engine, "batched_vs_alone": same}
+    output["rounds"] = rounds_of
     common.save(args.json, output)
 
 
