@@ -81,6 +81,7 @@ STAGES = [
     "index",
     "evaluate",
     "export",
+    "web",
     "report",
 ]
 PREFECT = str(Path(sys.executable).parent / "prefect")
