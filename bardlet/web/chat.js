@@ -41,9 +41,10 @@ export class Model {
     return past;
   }
 
-  // Token ids after `prompt`, one by one (an async generator), until a special token, `max`
-  // tokens or the context's end. temperature 0 is greedy; otherwise top-k then a draw.
-  async *generate(prompt, max, { temperature = 0, topK = 40 } = {}) {
+  // Token ids after `prompt`, one by one (an async generator), until a stop token (any special
+  // token unless `stops` says otherwise), `max` tokens or the context's end. temperature 0 is
+  // greedy; otherwise top-k then a draw.
+  async *generate(prompt, max, { temperature = 0, topK = 40, stops = this.stops } = {}) {
     let past = this.emptyCache();
     let ids = prompt;
     let total = 0;
@@ -65,7 +66,7 @@ export class Model {
         for (const kind of ["key", "value"]) past[`past.${i}.${kind}`] = out[`present.${i}.${kind}`];
       }
       out.logits.dispose?.();
-      if (this.stops.has(token)) return;
+      if (stops.has(token)) return;
       yield token;
       ids = [token];
     }
