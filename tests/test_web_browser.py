@@ -409,6 +409,12 @@ def test_settings_are_sent_and_seeded_regenerate_repeats_and_edit_resends(
     stats = page.locator("#log .meta.assistant .stats").last.text_content()
     assert re.fullmatch(r"\d+ tokens · \d+ tokens/s", stats), stats
 
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.click("#log .meta.assistant button.copy")
+    wait_until(lambda: page.text_content("#log .meta.assistant button.copy") != "Copy", "copy")
+    assert page.text_content("#log .meta.assistant button.copy") == "Copied"
+    assert page.evaluate("navigator.clipboard.readText()") == first
+
     page.click("#log .meta.assistant button.regenerate")  # same seed: the same reply again
     finish_reply(page, 1)
     assert [m["content"] for m in stored_messages(page)] == ["Speak, friend.", first]
@@ -469,8 +475,10 @@ def test_on_a_phone_settings_and_conversations_are_drawers(browser, server, tmp_
     page.context.close()
 
 
-def test_dark_mode_reaches_the_inputs_and_every_field_has_a_label(browser, server, tmp_path):
-    page, errors = open_page(browser, server, 1280, dark=True)
+@pytest.mark.parametrize("width", [1280, 390])
+def test_dark_mode_reaches_the_inputs_and_every_field_has_a_label(browser, server, tmp_path, width):
+    page, errors = open_page(browser, server, width, dark=True)
+    show(page, "settings")
     for selector in ("#input", "#system", "#style", "#max-tokens", "#seed"):
         background = page.locator(selector).evaluate("e => getComputedStyle(e).backgroundColor")
         channels = [int(c) for c in re.findall(r"\d+", background)[:3]]
@@ -480,5 +488,5 @@ def test_dark_mode_reaches_the_inputs_and_every_field_has_a_label(browser, serve
         assert fields.nth(i).evaluate("e => e.labels.length") > 0, fields.nth(i).get_attribute("id")
     assert page.get_attribute("#log", "aria-live") == "polite"
     assert errors == []
-    screenshot(page, tmp_path / "dark.png")
+    screenshot(page, tmp_path / f"dark-{width}.png")
     page.context.close()
