@@ -19,7 +19,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # Stages run `python -m stages.<name>`: that must be the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: pipeline test lint setup clean lock
+.PHONY: pipeline experiment test lint setup clean lock
 
 setup: $(STAMP)
 
@@ -48,6 +48,11 @@ lock:
 
 pipeline: $(STAMP) .dvc-ready
 	$(BIN)/dvc repro
+
+# A preset from presets/ as a DVC experiment, through the Prefect flow: make experiment PRESET=gpt-10m
+PRESET ?= gpt-10m
+experiment: $(STAMP) .dvc-ready
+	$(BIN)/python -m pipelines.flow presets/$(PRESET).yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

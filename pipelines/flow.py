@@ -16,6 +16,7 @@ chat model (models/chat/mlflow.json, or the experiment's sft run), the metrics
 
     python -m pipelines.flow                       # run once, offline (a temporary Prefect server)
     python -m pipelines.flow sft.max_steps=4       # the same as a DVC experiment
+    python -m pipelines.flow presets/gpt-10m.yaml  # a preset file's overrides (and key=value)
 """
 
 from __future__ import annotations
@@ -94,9 +95,9 @@ def set_param_args(overrides: dict[str, Any], params_yaml: Path) -> list[str]:
     return args
 
 
-def experiment_name() -> str:
+def experiment_name(prefix: str = "bardlet") -> str:
     """A fresh, valid git ref name: bardlet-20260101-030000-1a2b."""
-    return f"bardlet-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+    return f"{prefix}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
 
 
 def dvc_env(workdir: Path) -> dict[str, str]:
@@ -263,16 +264,33 @@ def sweep(overrides: list[dict[str, Any]], workdir: str = ".") -> list[dict[str,
     return [pipeline(overrides=each, workdir=workdir) for each in overrides]
 
 
-def parse_cli(args: list[str]) -> dict[str, Any]:
-    """`sft.max_steps=4 model.n_layer=2` -> {"sft.max_steps": 4, "model.n_layer": 2}."""
+def parse_cli(args: list[str]) -> tuple[dict[str, Any], str | None]:
+    """`sft.max_steps=4 model.n_layer=2` -> ({"sft.max_steps": 4, "model.n_layer": 2}, None).
+    A YAML file (`presets/gpt-10m.yaml`: params.yaml's layout, only the keys it changes)
+    adds its overrides, and its name starts the experiment's; key=value after it wins."""
     overrides: dict[str, Any] = {}
+    preset = None
     for arg in args:
+        if arg.endswith((".yaml", ".yml")) and "=" not in arg:
+            path = Path(arg)
+            if not path.is_file():
+                raise SystemExit(
+                    f"{arg}: no such preset file (see presets/ for the ones there are)"
+                )
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if not isinstance(loaded, dict) or not loaded:
+                raise SystemExit(f"{arg}: a preset is a YAML mapping of params.yaml keys to values")
+            overrides |= flatten(loaded)
+            preset = path.stem
+            continue
         key, sep, value = arg.partition("=")
         if not sep:
-            raise SystemExit(f"expected key=value, got {arg!r}")
+            raise SystemExit(f"expected key=value or a preset .yaml file, got {arg!r}")
         overrides[key] = yaml.safe_load(value)
-    return overrides
+    return overrides, preset
 
 
 if __name__ == "__main__":
-    print(json.dumps(pipeline(overrides=parse_cli(sys.argv[1:]) or None)))
+    overrides, preset = parse_cli(sys.argv[1:])
+    name = experiment_name(preset) if preset else None
+    print(json.dumps(pipeline(overrides=overrides or None, experiment=name)))

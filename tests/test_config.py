@@ -149,3 +149,32 @@ def test_documents_to_index_must_be_where_the_index_stage_looks():
     raw["rag"]["overlap"] = raw["rag"]["passage_tokens"]
     with pytest.raises(ParamsError, match=r"overlap .* must be below passage_tokens"):
         validate_params(raw)
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "presets").glob("*.yaml")), ids=lambda p: p.stem)
+def test_presets_change_only_keys_params_yaml_has_and_stay_valid(preset):
+    """A preset is what `make experiment PRESET=...` hands DVC as --set-param: every key must
+    exist (DVC would add a typo as a new key that nothing reads), and the result must pass
+    the same checks as params.yaml."""
+    from pipelines.flow import flatten, set_param_args
+
+    changes = flatten(yaml.safe_load(preset.read_text()))
+    set_param_args(changes, REPO / "params.yaml")  # raises on a key params.yaml lacks
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in changes.items():
+        *path, last = key.split(".")
+        node = raw
+        for part in path:
+            node = node[part]
+        node[last] = value
+    validate_params(raw, source=preset.name)
+
+
+def test_the_10m_preset_is_about_10m_parameters():
+    from bardlet.model import GPT, GPTConfig
+
+    shape = yaml.safe_load((REPO / "presets/gpt-10m.yaml").read_text())["model"]
+    params = load_params(REPO / "params.yaml")
+    model = params.model.model_copy(update=shape)
+    gpt = GPT(GPTConfig(vocab_size=params.tokenizer.vocab_size, **model.model_dump()))
+    assert 9e6 < gpt.num_params() < 13e6

@@ -170,10 +170,22 @@ def test_overrides_become_set_param_arguments(tmp_path):
         set_param_args({"sft.max_stepz": 4}, params)
     with pytest.raises(ValueError, match="'nope.x'"):
         set_param_args({"nope.x": 1}, params)
-    assert parse_cli(["sft.max_steps=4", "sft.schedule=wsd"]) == {
-        "sft.max_steps": 4,
-        "sft.schedule": "wsd",
-    }
+    assert parse_cli(["sft.max_steps=4", "sft.schedule=wsd"]) == (
+        {"sft.max_steps": 4, "sft.schedule": "wsd"},
+        None,
+    )
+    # A preset file: its keys, then key=value on the command line wins; its name leads.
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("sft:\n  max_steps: 9\n  schedule: wsd\n")
+    assert parse_cli([str(preset), "sft.max_steps=4"]) == (
+        {"sft.max_steps": 4, "sft.schedule": "wsd"},
+        "tiny",
+    )
+    with pytest.raises(SystemExit, match="no such preset file"):
+        parse_cli([str(tmp_path / "missing.yaml")])
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(SystemExit, match="YAML mapping"):
+        parse_cli([str(tmp_path / "empty.yaml")])
 
 
 def test_flow_without_overrides_runs_each_stage_in_order_then_caches(prefect_server, toy):
