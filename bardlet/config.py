@@ -326,7 +326,7 @@ class EvaluateParams(Section):
 
 
 class ExportParams(Section):
-    opset: StrictInt = Field(ge=17)
+    opset: StrictInt = Field(ge=23)  # the graph uses opset 23's Attention and RotaryEmbedding
     parity_steps: Count
     parity_tolerance: float = Field(gt=0)
     int8: Switch

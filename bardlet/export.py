@@ -16,9 +16,12 @@ quantization). About 3.5x smaller; measure its quality with
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
 from bardlet.files import atomic_path, write_json_atomic
-from bardlet.model import GPT, KVCache
+from bardlet.model import GPT
 from bardlet.runtime.conversation import STYLES_FILE
 from bardlet.runtime.sampling import Style
 from bardlet.runtime.session import METADATA_KEY, TOKENIZER_FILE
@@ -58,40 +61,59 @@ def cache_names(n_layer: int, prefix: str) -> list[str]:
 
 
 def export_onnx(model: GPT, path: Path, opset: int, metadata: dict[str, Any]) -> None:
-    """Write `path` (atomically) with dynamic batch, sequence and cache length."""
+    """Write `path` (atomically) with dynamic batch, sequence and cache length.
+
+    torch.export traces the model (its cache path writes attention and rotary embedding as
+    ONNX's own operators, opset 23), then the exporter translates and optimizes the graph."""
     config = model.config
     model = model.cpu().eval()
     inputs = cache_names(config.n_layer, "past")
     outputs = cache_names(config.n_layer, "present")
-    # A non-empty dummy past so no shape is specialised to zero while tracing.
-    dummy_ids = torch.zeros((1, 3), dtype=torch.long)
-    dummy_mask = torch.ones((1, 5), dtype=torch.long)
-    dummy_past = [torch.zeros(1, config.kv_heads, 2, config.head_dim) for _ in inputs]
-    dynamic_axes: dict[str, dict[int, str]] = {
-        "input_ids": {0: "batch", 1: "seq"},
-        "attention_mask": {0: "batch", 1: "total_seq"},
-        "logits": {0: "batch", 1: "seq"},
-    }
-    dynamic_axes.update({name: {0: "batch", 2: "past_seq"} for name in inputs})
-    dynamic_axes.update({name: {0: "batch", 2: "total_seq"} for name in outputs})
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic we intend
-        torch.onnx.export(
-            _WithFlatCache(model),
+    # Two rows and a non-empty past, so no size is specialised to 0 or 1 while tracing.
+    dummy_ids = torch.zeros((2, 3), dtype=torch.long)
+    dummy_mask = torch.ones((2, 5), dtype=torch.long)
+    dummy_past = tuple(torch.zeros(2, config.kv_heads, 2, config.head_dim) for _ in inputs)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    past_seq, total_seq = torch.export.Dim("past_seq"), torch.export.Dim("total_seq")
+    dynamic_shapes = (
+        {0: batch, 1: seq},
+        {0: batch, 1: total_seq},
+        tuple({0: batch, 2: past_seq} for _ in inputs),
+    )
+    with atomic_path(path) as tmp, warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecations
+        program = torch.onnx.export(
+            _WithFlatCache(model).eval(),
             (dummy_ids, dummy_mask, *dummy_past),
-            str(tmp),
             input_names=["input_ids", "attention_mask", *inputs],
             output_names=["logits", *outputs],
-            dynamic_axes=dynamic_axes,
+            dynamic_shapes=dynamic_shapes,
             opset_version=opset,
-            dynamo=False,  # the TorchScript exporter: ~1 s, handles the empty past cleanly
+            dynamo=True,
+            verbose=False,
         )
-        proto = onnx.load(str(tmp))
+        assert program is not None
+        proto = program.model_proto
         entry = proto.metadata_props.add()
         entry.key = METADATA_KEY
         entry.value = json.dumps({"model": config.to_dict(), **metadata}, sort_keys=True)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs each of its steps, and a warning per optional package it lacks."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def write_model_folder(
@@ -118,25 +140,24 @@ def write_model_folder(
 
 
 def _torch_steps(model: GPT, prompt: list[int], steps: int) -> list[np.ndarray]:
-    """Logits of the prompt, then of `steps` greedy tokens fed one at a time with the cache."""
+    """Logits of the prompt, then of `steps` greedy tokens, each from a pass over the whole
+    sequence without a cache: the arithmetic training used, which the graph must match."""
     out = []
     with torch.no_grad():
         ids = torch.tensor([prompt])
-        past: KVCache | None = [
-            (torch.zeros(1, model.config.kv_heads, 0, model.config.head_dim),) * 2
-            for _ in range(model.config.n_layer)
-        ]
-        for _ in range(steps + 1):
-            logits, _, past = model(ids, past=past)
-            out.append(logits[0].numpy())
-            ids = logits[:, -1:].argmax(-1)
+        logits, _, _ = model(ids)
+        out.append(logits[0].numpy())
+        for _ in range(steps):
+            ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
+            logits, _, _ = model(ids)
+            out.append(logits[0, -1:].numpy())
     return out
 
 
 def check_parity(model: GPT, onnx_path: Path, prompt: list[int], steps: int) -> float:
-    """Largest absolute logit difference between PyTorch and onnxruntime over a prompt and
-    `steps` incremental steps that both feed their own KV cache back in; NaN when either side
-    computes a non-finite logit (a model trained into NaN)."""
+    """Largest absolute logit difference between PyTorch (whole sequences, as in training) and
+    onnxruntime (the prompt, then `steps` tokens fed back one at a time with its KV cache);
+    NaN when either side computes a non-finite logit (a model trained into NaN)."""
     model = model.cpu().eval()
     expected = _torch_steps(model, prompt, steps)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -181,6 +202,9 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
             str(tmp),
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
+            # Only these: the quantizer would take ONNX's Attention for onnxruntime's own
+            # (com.microsoft) Attention and write a QAttention the graph cannot load.
+            op_types_to_quantize=["MatMul", "Gather"],
             extra_options={"MatMulConstBOnly": True},
         )
         quantized = onnx.load(str(tmp))

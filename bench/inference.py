@@ -1,4 +1,6 @@
-"""Benchmark generation: ONNX Runtime with the KV cache vs recomputing the context vs PyTorch.
+"""Benchmark generation: ONNX Runtime with the KV cache vs recomputing the context vs PyTorch,
+and the exported graph (ONNX's Attention and RotaryEmbedding operators) beside the graph bardlet
+exported before them (the same weights, the cache path traced from PyTorch ops).
 
     .venv/bin/python bench/inference.py --json bench/results/inference.json   # ~10 minutes
     .venv/bin/python bench/inference.py --quick    # under a minute: 1 thread, 1 round
@@ -28,6 +30,7 @@ PROMPT_TOKENS = 64
 ORT_ENV = {"ORT_DISABLE_TELEMETRY": "1"}
 PATHS = {
     "onnx-kv": "ONNX fp32, KV cache",
+    "onnx-traced-kv": "ONNX fp32, KV cache, traced attention (before)",
     "onnx-int8-kv": "ONNX int8, KV cache",
     "onnx-recompute": "ONNX fp32, recompute",
     "torch-kv": "PyTorch eager, KV cache",
@@ -69,7 +72,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         from bardlet.runtime.session import OnnxLM
 
         rss_import = max_rss_mb()
-        lm = OnnxLM(job["onnx_int8"] if path == "onnx-int8-kv" else job["onnx"], threads=threads)
+        graph = {"onnx-int8-kv": "onnx_int8", "onnx-traced-kv": "onnx_traced"}.get(path, "onnx")
+        lm = OnnxLM(job[graph], threads=threads)
         greedy = Sampling(temperature=0)
 
         def tokens() -> Iterator[int]:
@@ -117,21 +121,74 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def export_traced(model: Any, path: Path, like: Path) -> None:
+    """The graph as bardlet exported it before ONNX's Attention and RotaryEmbedding operators:
+    the cache path as PyTorch ops (rotary as multiply-adds, SDPA with a mask), traced by the
+    TorchScript exporter at opset 17, with `like`'s metadata. The peer of `onnx-kv`."""
+    import onnx
+    import torch
+    import torch.nn.functional as F
+
+    from bardlet import model as model_module
+    from bardlet.export import _WithFlatCache, cache_names
+
+    def traced_attention(self, q, k, v, rope, past, attend):  # type: ignore[no-untyped-def]
+        batch, time_, channels = q.shape
+        q = q.view(batch, time_, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = (t.view(batch, time_, self.n_kv_head, self.head_dim).transpose(1, 2) for t in (k, v))
+        if self.rotary:
+            cos = torch.cat([rope.cos, rope.cos], -1)[rope.positions].unsqueeze(1)
+            sin = torch.cat([rope.sin, rope.sin], -1)[rope.positions].unsqueeze(1)
+            q, k = model_module.apply_rotary(q, cos, sin), model_module.apply_rotary(k, cos, sin)
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        scale = self.head_dim**-0.5
+        y = F.scaled_dot_product_attention(q, *self.share(k, v), attn_mask=attend, scale=scale)
+        return self.proj(y.transpose(1, 2).reshape(batch, time_, channels)), (k, v)
+
+    config = model.config
+    inputs, outputs = cache_names(config.n_layer, "past"), cache_names(config.n_layer, "present")
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"}}
+    axes |= {"logits": {0: "batch", 1: "seq"}} | {n: {0: "batch", 2: "past"} for n in inputs}
+    axes |= {n: {0: "batch", 2: "total"} for n in outputs}
+    dummy = (torch.zeros((1, 3), dtype=torch.long), torch.ones((1, 5), dtype=torch.long))
+    dummy += tuple(torch.zeros(1, config.kv_heads, 2, config.head_dim) for _ in inputs)
+    original = model_module.Attention.with_cache
+    model_module.Attention.with_cache = traced_attention  # type: ignore[method-assign]
+    try:
+        torch.onnx.export(
+            _WithFlatCache(model.eval()), dummy, str(path), input_names=[
+                "input_ids", "attention_mask", *inputs
+            ], output_names=["logits", *outputs], dynamic_axes=axes, opset_version=17,
+            dynamo=False,
+        )  # fmt: skip
+    finally:
+        model_module.Attention.with_cache = original  # type: ignore[method-assign]
+    proto = onnx.load(str(path))
+    proto.metadata_props.extend(onnx.load(str(like)).metadata_props)
+    onnx.save(proto, str(path))
+
+
 def prepare_models(work: Path, wide: bool) -> list[dict[str, Any]]:
     """The models to time: the pipeline's chat model, and optionally a random 512-context one."""
     from bardlet.export import export_onnx, quantize_int8
     from bardlet.tokenizer import Tokenizer
+    from bardlet.training import checkpoint
 
     def model(name: str, folder: Path, torch_dir: Path, block_size: int) -> dict[str, Any]:
-        """An entry for the folder that holds model.onnx: copies bpe.json, adds the int8 copy."""
+        """An entry for the folder that holds model.onnx: copies bpe.json, adds the int8 copy
+        and the traced graph of the same weights."""
         shutil.copy(ONNX_DIR / "bpe.json", folder / "bpe.json")
         quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
+        gpt, _ = checkpoint.load(torch_dir)
+        export_traced(gpt, folder / "model.traced.onnx", like=folder / "model.onnx")
         return {
             "name": name,
             "onnx": str(folder / "model.onnx"),
             "onnx_int8": str(folder / "model.int8.onnx"),
+            "onnx_traced": str(folder / "model.traced.onnx"),
             "torch_dir": str(torch_dir),
             "block_size": block_size,
+            "nodes": {kind: graph_nodes(folder / f"model{kind}.onnx") for kind in ("", ".traced")},
         }
 
     (work / "chat").mkdir()
@@ -142,7 +199,6 @@ def prepare_models(work: Path, wide: bool) -> list[dict[str, Any]]:
 
         from bardlet.config import load_params
         from bardlet.model import GPT, GPTConfig
-        from bardlet.training import checkpoint
 
         tokenizer = Tokenizer.load(ONNX_DIR / "bpe.json")
         shape = load_params(REPO / "params.yaml").model.model_dump() | {"block_size": 512}
@@ -150,9 +206,20 @@ def prepare_models(work: Path, wide: bool) -> list[dict[str, Any]]:
         gpt = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **shape | {"dropout": 0.0})).eval()
         meta = {"tokenizer_hash": tokenizer.hash}
         checkpoint.save(gpt, work / "wide" / "torch", meta)
-        export_onnx(gpt, work / "wide" / "model.onnx", 17, meta)
+        export_onnx(gpt, work / "wide" / "model.onnx", 23, meta)
         models.append(model("wide-512", work / "wide", work / "wide" / "torch", 512))
     return models
+
+
+def graph_nodes(path: Path) -> int:
+    """Nodes of the graph onnxruntime runs, after its own fusions."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return len(onnx.load(options.optimized_model_filepath).graph.node)
 
 
 def make_prompt() -> list[int]:
@@ -274,6 +341,8 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "kv_vs_recompute_per_token": by["onnx-recompute"]["ms_per_token"]
                     / kv["ms_per_token"],
                     "onnx_vs_torch_per_token": by["torch-kv"]["ms_per_token"] / kv["ms_per_token"],
+                    "vs_traced_per_token": by["onnx-traced-kv"]["ms_per_token"]
+                    / kv["ms_per_token"],
                     "int8_vs_fp32_per_token": kv["ms_per_token"] / int8["ms_per_token"],
                     "int8_vs_fp32_total": kv["total_s"] / int8["total_s"],
                 }
@@ -297,11 +366,18 @@ def markdown(result: dict[str, Any]) -> str:
     speeds = [
         ("model", "{model}"),
         ("threads", "{threads}"),
+        ("ONNX operators vs traced (per token)", "{vs_traced_per_token:.2f}x"),
         ("KV vs recompute (total)", "{kv_vs_recompute_total:.1f}x"),
         ("ONNX vs PyTorch (per token)", "{onnx_vs_torch_per_token:.2f}x"),
         ("int8 vs fp32 (per token)", "{int8_vs_fp32_per_token:.2f}x"),
     ]
+    graphs = [
+        ("model", "{name}"),
+        ("graph nodes, ONNX operators", lambda m: str(m["nodes"][""])),
+        ("graph nodes, traced (before)", lambda m: str(m["nodes"][".traced"])),
+    ]
     tables = [
+        common.rows_table(result["models"], graphs, align="lrr"),
         common.rows_table(result["rows"], runs, align="llr"),
         common.rows_table(result["speedups"], speeds, align="lr"),
     ]
@@ -355,6 +431,7 @@ def main() -> None:
         },
         "settings": {"rounds": rounds, "reps": reps, "threads": threads, "batch": 1},
         "seconds": time.time() - started,
+        "models": [{"name": m["name"], "nodes": m["nodes"]} for m in models],
         "rows": rows,
         "speedups": speedups(rows),
         "quality": quality_result,

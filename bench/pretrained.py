@@ -92,7 +92,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         return {"ms_per_step": 1000 * sorted(times[1:])[len(times[1:]) // 2], **peak()}
     model = GPT(config).eval()
     started = time.perf_counter()
-    export_onnx(model, fp32, 17, {})
+    export_onnx(model, fp32, 23, {})
     result: dict[str, Any] = {"export_s": time.perf_counter() - started}
     del model
     started = time.perf_counter()

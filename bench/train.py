@@ -60,8 +60,8 @@ BABY_GPT = Shape("baby-GPT", 4, 4, 128, 64, 12, 65)
 class NanoGPT(nn.Module):
     """The baseline: GPT-2 the way nanoGPT's model.py writes it (LayerNorm, learned
     positions, one matrix for q, k and v, SDPA with is_causal, a GELU MLP 4x wide, the head
-    tied to the embedding, no biases as in its Shakespeare configs), trained by the same loop
-    settings as bardlet's model: AdamW with decay on matrices, clip 1.0, fp32."""
+    tied to the embedding, no biases as in its Shakespeare configs), trained with nanoGPT's
+    optimizer recipe (`nanogpt_optimizer`) at bardlet's settings: clip 1.0, fp32."""
 
     def __init__(self, shape: Shape, dropout: float) -> None:
         super().__init__()
@@ -109,6 +109,15 @@ class NanoGPT(nn.Module):
         return logits, loss
 
 
+def nanogpt_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """nanoGPT's configure_optimizers: decay on matrices, betas (0.9, 0.95), and the fused
+    kernel only on CUDA, so the multi-tensor AdamW on the CPU."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), weight_decay=0.0, fused=False)
+
+
 def build_model(kind: str, shape: Shape, dropout: float) -> nn.Module:
     if kind == "baseline":
         return NanoGPT(shape, dropout)
@@ -154,7 +163,10 @@ def worker_row(job: dict[str, Any]) -> dict[str, Any]:
     model.train()
     forward = torch.compile(model) if job["compile"] else model
     pretrain = load_params(REPO / "params.yaml").pretrain  # the loop's optimizer and settings
-    optimizer = loop.make_optimizer(model, pretrain, torch.device("cpu"))
+    if job["kind"] == "baseline":
+        optimizer = nanogpt_optimizer(model, pretrain.learning_rate, pretrain.weight_decay)
+    else:
+        optimizer = loop.make_optimizer(model, pretrain, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
     batch_shape = (shape.batch_size, shape.block_size + 1)
     batches = [torch.randint(shape.vocab_size, batch_shape, generator=generator) for _ in range(4)]

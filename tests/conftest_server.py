@@ -69,7 +69,7 @@ def build_tiny_model(
 
     folder.mkdir(parents=True, exist_ok=True)
     model = tiny_gpt(tokenizer, block_size, n_embd, logit_scale)
-    export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": tokenizer.hash})
+    export_onnx(model, folder / "model.onnx", 23, {"tokenizer_hash": tokenizer.hash})
     tokenizer.save(folder / "bpe.json")
     (folder / "styles.json").write_text(json.dumps(STYLES))
     return folder
@@ -99,7 +99,7 @@ def build_marker_model(folder: Path, tokenizer) -> Path:
     model = GPT(config).eval()
     with torch.no_grad():
         model.lm_head.weight[sorted(tokenizer.special_tokens.values())] *= 12
-    export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": tokenizer.hash})
+    export_onnx(model, folder / "model.onnx", 23, {"tokenizer_hash": tokenizer.hash})
     tokenizer.save(folder / "bpe.json")
     return folder
 

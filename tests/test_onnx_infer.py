@@ -67,7 +67,7 @@ def bundle(tmp_path_factory, small_tokenizer) -> Path:
         tie_embeddings=True,
     )
     export_onnx(
-        GPT(config).eval(), folder / "model.onnx", 17, {"tokenizer_hash": small_tokenizer.hash}
+        GPT(config).eval(), folder / "model.onnx", 23, {"tokenizer_hash": small_tokenizer.hash}
     )
     small_tokenizer.save(folder / "bpe.json")
     shutil.copy(SCRIPT, folder / "onnx_infer.py")

@@ -166,7 +166,7 @@ def test_both_designs_export_to_the_kv_cache_graph(tmp_path, make):
     theirs.save_pretrained(folder)
     model = GPT.from_pretrained(folder)
     onnx_path = tmp_path / "model.onnx"
-    export_onnx(model, onnx_path, opset=17, metadata={})
+    export_onnx(model, onnx_path, opset=23, metadata={})
     assert check_parity(model, onnx_path, prompt=[1, 5, 9, 13], steps=6) < 1e-4
     session, info = open_session(onnx_path)
     heads, head_dim = cache_shape(info["model"])
@@ -200,7 +200,7 @@ def test_a_pretrained_model_with_its_own_tokenizer_chats_from_onnx(tmp_path, mak
     assert torch.allclose(before, after[..., :plain], atol=1e-5)  # old tokens: the same model
 
     out = tmp_path / "onnx"
-    write_model_folder(model.eval(), tokenizer, out, opset=17, styles={})
+    write_model_folder(model.eval(), tokenizer, out, opset=23, styles={})
     assert (out / "tokenizer.json").is_file() and not (out / "bpe.json").exists()
     lm = OnnxLM(out)
     prompt = render_prompt(lm.tokenizer, [{"role": "user", "content": "Hello there"}])

@@ -38,7 +38,7 @@ def exported(tmp_path_factory, small_tokenizer) -> tuple[Path, GPT]:
         tie_embeddings=True,
     )
     model = GPT(config).eval()
-    export_onnx(model, folder / "model.onnx", 17, {"tokenizer_hash": small_tokenizer.hash})
+    export_onnx(model, folder / "model.onnx", 23, {"tokenizer_hash": small_tokenizer.hash})
     small_tokenizer.save(folder / "bpe.json")
     quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
     return folder, model

@@ -193,7 +193,7 @@ def test_onnx_model_is_registered_and_champion_moves_only_on_improvement(tmp_pat
         )
     )
     path = tmp_path / "model.onnx"
-    export_onnx(model, path, 17, {"tokenizer_hash": "h"})
+    export_onnx(model, path, 23, {"tokenizer_hash": "h"})
     # A decoding step: one new token after a cache of two.
     example = {
         "input_ids": np.array([[3]], dtype=np.int64),
