@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/serve.py --json bench/results/serve.json   # ~2.5 min: 2 rounds x 4 x 15 s
     .venv/bin/python bench/serve.py --quick                          # < 1 minute: 1 round, 5 s
+    .venv/bin/python bench/serve.py --no-stream    # whole replies in one response (the issue's measure)
 
 Per level, N client threads send streamed chat completions one after another until its time is
 up; the best round per level (most tokens/s in total) is reported, every round is in the JSON.
 The server decodes every running reply in one batch (continuous batching), so its throughput
 should grow with the clients: the target is 16 clients >= 4x the requests/s of 1 client.
-Latency is a whole request (sent to last token); TTFT is sent to first text.
+Latency is a whole request (sent to last token); TTFT is sent to first text (with
+`--no-stream`, the whole reply: TTFT is the latency).
 
 A second table runs the same requests through the decode loop alone, in this process (a
 `Batcher` and N threads, no HTTP): what batching gives before the server's own costs. Last,
@@ -45,17 +47,18 @@ def new_client() -> httpx.Client:
     return httpx.Client(transport=transport, timeout=httpx.Timeout(120.0))
 
 
-def one_request(client: httpx.Client, url: str, seed: int) -> dict[str, Any]:
-    """One streamed chat completion: send time, first-text time, end time, token count."""
-    body = {
-        "model": "bardlet",
-        "messages": MESSAGES,
-        "stream": True,
-        "max_tokens": MAX_TOKENS,
-        "seed": seed,
-        "stream_options": {"include_usage": True},
-    }
-    sent, first, tokens, done = time.perf_counter(), None, None, False
+def one_request(client: httpx.Client, url: str, seed: int, stream: bool = True) -> dict[str, Any]:
+    """One chat completion: send time, first-text time, end time, token count."""
+    body = {"model": "bardlet", "messages": MESSAGES, "max_tokens": MAX_TOKENS, "seed": seed}
+    sent = time.perf_counter()
+    if not stream:
+        response = client.post(url + "/v1/chat/completions", json=body)
+        response.raise_for_status()
+        end = time.perf_counter()
+        tokens = response.json()["usage"]["completion_tokens"]
+        return {"sent": sent, "first": end, "end": end, "tokens": tokens}
+    body |= {"stream": True, "stream_options": {"include_usage": True}}
+    first, tokens, done = None, None, False
     with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -90,7 +93,9 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
 
 
-def run_level(url: str, clients: int, seconds: float, seed_base: int) -> dict[str, Any]:
+def run_level(
+    url: str, clients: int, seconds: float, seed_base: int, stream: bool
+) -> dict[str, Any]:
     results: list[list[dict[str, Any]]] = [[] for _ in range(clients)]
     errors: list[str] = []
     barrier = threading.Barrier(clients)
@@ -106,7 +111,8 @@ def run_level(url: str, clients: int, seconds: float, seed_base: int) -> dict[st
             while time.perf_counter() < stop_at[0]:
                 n += 1
                 try:
-                    results[index].append(one_request(client, url, seed_base + 1000 * index + n))
+                    seed = seed_base + 1000 * index + n
+                    results[index].append(one_request(client, url, seed, stream))
                 except (httpx.HTTPError, RuntimeError, ValueError) as error:
                     errors.append(f"client {index}: {error!r}")
 
@@ -260,6 +266,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="time per level (default 15; quick: 5)")
     parser.add_argument("--rounds", type=int, help="rounds (default 2; quick: 1)")
     parser.add_argument("--threads", type=int, default=0, help="server ONNX threads (0 = all)")
+    parser.add_argument("--no-stream", action="store_true", help="whole replies, not streamed")
     args = common.parse(parser)
     seconds = args.seconds or (5.0 if args.quick else 15.0)
     rounds = args.rounds or (1 if args.quick else 2)
@@ -277,7 +284,7 @@ def main() -> None:
         found = common.rounds_of(
             args.clients,
             rounds,
-            lambda n: run_level(server.url, n, seconds, 1_000_000 * n),
+            lambda n: run_level(server.url, n, seconds, 1_000_000 * n, not args.no_stream),
             lambda n, r: f"{n} clients: {r['tokens_per_s_total']:.0f} tok/s in total",
         )
         runs = {n: [r | {"round": i + 1} for i, r in enumerate(results)] for n, results in found}
@@ -289,7 +296,7 @@ def main() -> None:
     engine = [run_engine_level(args.model, n, seconds) for n in args.clients]
     same = batched_vs_alone(args.model)
     levels = [max(runs[n], key=lambda run: run["tokens_per_s_total"]) for n in args.clients]
-    print("bardlet serve, streaming clients over HTTP:")
+    print(f"bardlet serve, {'non-' * args.no_stream}streaming clients over HTTP:")
     print(common.rows_table(levels, COLUMNS, align="r"))
     print("\nthe decode loop alone, in process (no HTTP):")
     print(common.rows_table(engine, ENGINE_COLUMNS, align="r"))
@@ -307,7 +314,7 @@ def main() -> None:
         "load_average_1m_before_after": [load_before[0], load_after[0]],
         "max_tokens": MAX_TOKENS,
         "messages": MESSAGES,
-        "stream": True,
+        "stream": not args.no_stream,
     }
     rounds_of = {str(n): runs[n] for n in args.clients}
     output = {"meta": meta, "levels": levels, "engine": engine, "batched_vs_alone": same}

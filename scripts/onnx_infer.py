@@ -2,7 +2,8 @@
 """Generate text or chat with an exported bardlet model: numpy + onnxruntime only.
 
 Copy three files to any machine with Python 3.11+, `pip install numpy onnxruntime`
-(and, recommended, `regex`), and run:
+(and, recommended, `regex`), and run (the graph uses ONNX opset 23's Attention and
+RotaryEmbedding: tested with onnxruntime 1.32; a release without them refuses the file):
 
     python onnx_infer.py --model model.onnx --prompt "ROMEO:" --max-new-tokens 100
     python onnx_infer.py --model model.onnx --chat              # interactive conversation
