@@ -191,7 +191,9 @@ def worker_row(job: dict[str, Any]) -> dict[str, Any]:
         last_loss = step(job["warmup"] + i)
         times_ms.append((time.perf_counter() - start) * 1000)
     n_matmul = matmul_params(model)
+    kernels = kernel_times(lambda: step(0), steps=5)
     return {
+        "kernel_ms": kernels,
         "params": sum(p.numel() for p in model.parameters()),
         "matmul_params": n_matmul,
         "flops_per_token": 6 * n_matmul + 12 * shape.n_layer * shape.n_embd * shape.block_size,
@@ -202,6 +204,25 @@ def worker_row(job: dict[str, Any]) -> dict[str, Any]:
         "rss_import_mb": rss_import,
         "rss_peak_mb": max_rss_mb(),
     }
+
+
+def kernel_times(step: Any, steps: int) -> dict[str, float]:
+    """ms per step in matrix multiplications and in attention kernels (forward and backward,
+    PyTorch's profiler, self time): the floor no rewrite of the other ops can go below."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    spent = {"matmul": 0.0, "attention": 0.0, "all": 0.0}
+    for event in prof.key_averages():
+        ms = event.self_cpu_time_total / 1000 / steps
+        spent["all"] += ms
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm"):
+            spent["matmul"] += ms
+        elif "scaled_dot_product" in event.key:
+            spent["attention"] += ms
+    return spent
 
 
 def run_worker(job: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
@@ -266,6 +287,7 @@ def pool(spec: RowSpec, runs: list[dict[str, Any]]) -> dict[str, Any]:
         tokens_per_s=spec.shape.tokens_per_step / (ms / 1000),
         rss_peak_mb=max(r["rss_peak_mb"] for r in ok),
         rss_above_import_mb=max(r["rss_peak_mb"] - r["rss_import_mb"] for r in ok),
+        kernel_ms=min((r["kernel_ms"] for r in ok), key=lambda k: k["all"]),
         loss_first=ok[0]["loss_first"],
         loss_last=ok[0]["loss_last"],
     )
@@ -320,11 +342,15 @@ def markdown(rows: list[dict[str, Any]], shapes: list[Shape], peaks: dict[int, f
         ("tokens/s", "{tokens_per_s:,.0f}"),
         ("MFU", "{mfu:.1%}"),
         ("x baseline", lambda r: f"{r.get('vs_baseline', 1):.2f}x"),
+        (
+            "matmul + attention ms",
+            lambda r: "{matmul:.1f} + {attention:.1f}".format(**r["kernel_ms"]),
+        ),
         ("peak RSS MB (+ above import)", "{rss_peak_mb:.0f} (+{rss_above_import_mb:.0f})"),
         ("note", note),
     ]
     ok = [row for row in rows if "error" not in row]
-    lines += ["", common.rows_table(ok, columns, align="llrrrrrrrl"), ""]
+    lines += ["", common.rows_table(ok, columns, align="llrrrrrrrrl"), ""]
     lines += [
         f"{r['shape']} {r['model']} {r['threads']}T failed: {r['error']}"
         for r in rows
@@ -334,6 +360,9 @@ def markdown(rows: list[dict[str, Any]], shapes: list[Shape], peaks: dict[int, f
         "ms/iter: the lowest of the per-round medians (rounds: each round's median, ms).",
         "FLOPs/token = 6 N + 12 n_layer n_embd context, N = parameters without position "
         "embeddings (tied token embedding once).",
+        "matmul + attention ms: time per step inside matrix multiplications and attention "
+        "kernels (forward and backward; PyTorch's profiler over 5 more steps, its own overhead "
+        "included): what a faster step cannot go below without less arithmetic.",
     ]
     return "\n".join(lines)
 
