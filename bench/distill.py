@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ def main() -> None:
     parser.add_argument(
         "--root", type=Path, default=common.REPO, help="a project after make pipeline"
     )
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bardlet-distill-bench"))
+    work = Path(tempfile.gettempdir()) / "bardlet-distill-bench"  # $TMPDIR, else the system's
+    parser.add_argument("--work", type=Path, default=work)
     parser.add_argument("--steps", type=int, help="the plain student's steps: the budget")
     args = common.parse(parser)
     common.require(args.root, "models/tokenizer/bpe.json", "data/shards/pretrain/train")
