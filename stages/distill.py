@@ -12,11 +12,8 @@ from bardlet.config import load_params
 from bardlet.defaults import UserError
 from bardlet.files import sha256_file
 from bardlet.tokenizer import load_tokenizer
-from bardlet.training import checkpoint
-from bardlet.training.distill import Teacher
-from stages.outputs import switched_off, training_device
+from stages.optional import switched_off
 from stages.paths import BASE_MODEL, DISTILL_MODEL, TEACHER_MODEL, TOKENIZER_DIR
-from stages.pretrain import train_on_corpus
 
 OFF = """# models/distill
 
@@ -31,6 +28,12 @@ def main() -> None:
     if not settings.enabled:
         switched_off("distill", DISTILL_MODEL, OFF)
         return
+    # torch and MLflow: imported only when the stage is on (an off stage takes no time)
+    from bardlet.training import checkpoint
+    from bardlet.training.distill import Teacher
+    from stages.outputs import training_device
+    from stages.pretrain import train_on_corpus
+
     folder = TEACHER_MODEL if settings.teacher == "teacher" else BASE_MODEL
     model, info = checkpoint.load(folder, training_device(params))
     tokenizer = load_tokenizer(TOKENIZER_DIR)

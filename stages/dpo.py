@@ -10,18 +10,11 @@ reports/dpo.json. The MLflow run nests under the sft run.
 
 import json
 
-import numpy as np
-
-from bardlet import tracking
 from bardlet.config import load_params
-from bardlet.data.loaders import PackedConversations
 from bardlet.defaults import UserError
-from bardlet.evaluation import measure
 from bardlet.files import sha256_file, write_json_atomic
 from bardlet.tokenizer import load_tokenizer
-from bardlet.training import checkpoint
-from bardlet.training.dpo import encode_pair, preference_metrics, train_dpo
-from stages.outputs import switched_off, training_device
+from stages.optional import switched_off
 from stages.paths import CHAT_MODEL, DPO_MODEL, PREFS, REPORTS, SHARDS, TOKENIZER_DIR
 
 OFF = """# models/dpo
@@ -37,6 +30,15 @@ def main() -> None:
     if not settings.enabled:
         switched_off("dpo", DPO_MODEL, OFF, curves=False)
         return
+    # torch and MLflow: imported only when the stage is on (an off stage takes no time)
+    import numpy as np
+
+    from bardlet import tracking
+    from bardlet.data.loaders import PackedConversations
+    from bardlet.evaluation import measure
+    from bardlet.training import checkpoint
+    from bardlet.training.dpo import encode_pair, preference_metrics, train_dpo
+    from stages.outputs import training_device
 
     device = training_device(params)
     tokenizer = load_tokenizer(TOKENIZER_DIR)

@@ -18,7 +18,7 @@ import torch
 from bardlet import tracking
 from bardlet.config import Params, TrainParams
 from bardlet.data.loaders import Batch, BatchSource
-from bardlet.files import new_folder, write_csv_atomic, write_json_atomic, write_text_atomic
+from bardlet.files import write_csv_atomic, write_json_atomic
 from bardlet.model import GPT
 from bardlet.tokenizer import AnyTokenizer
 from bardlet.training import checkpoint, distributed
@@ -102,14 +102,3 @@ def save_training(
     tracking.log_metrics({f"kept/{k}": v for k, v in result.final.items()})
     tracking.log_metrics({f"speed/{k}": v for k, v in result.speed.items()})
     tracking.log_artifact(PLOTS / f"{name}.csv", "plots")
-
-
-def switched_off(name: str, model_dir: Path, readme: str, curves: bool = True) -> None:
-    """An optional stage that is off still writes its outs, saying so: `model_dir` holds only
-    a README, reports/<name>.json is {} and its curve (if it draws one) is empty."""
-    with new_folder(model_dir) as folder:
-        write_text_atomic(folder / "README.md", readme)
-    write_json_atomic(REPORTS / f"{name}.json", {})
-    if curves:
-        write_csv_atomic(PLOTS / f"{name}.csv", [])
-    print(f"{name} is off: nothing to do ({model_dir}/README.md says how to switch it on)")

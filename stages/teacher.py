@@ -6,9 +6,8 @@ It trains when distill.enabled is true and distill.teacher is `teacher`: a model
 """
 
 from bardlet.config import load_params
-from stages.outputs import switched_off
+from stages.optional import switched_off
 from stages.paths import TEACHER_MODEL
-from stages.pretrain import train_on_corpus
 
 OFF = """# models/teacher
 
@@ -22,6 +21,8 @@ def main() -> None:
     if not (params.distill.enabled and params.distill.teacher == "teacher"):
         switched_off("teacher", TEACHER_MODEL, OFF)
         return
+    from stages.pretrain import train_on_corpus  # torch and MLflow: only when it trains
+
     train_on_corpus("teacher", params.teacher.model, params.teacher_training(), TEACHER_MODEL)
 
 

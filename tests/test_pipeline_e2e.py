@@ -796,35 +796,18 @@ def test_dvc_remote_push_then_pull_in_a_fresh_clone(project, tmp_path):
     assert dvc_json(clone, "status") == {}, "a pulled clone must be up to date"
 
 
-def test_dpo_exp_runs_the_chain_and_export_takes_its_model(project):
-    """`dvc exp run -S dpo.enabled=true`: dpo tunes models/chat on the OASST1 pairs, measures
-    before and after on held-out pairs, nests its MLflow run under sft's; export takes it."""
-    sets = ["-S", "dpo.enabled=true", "-S", "dpo.max_steps=3", "-S", "dpo.batch_size=2"]
+def test_the_optional_chain_teacher_distill_dpo_in_one_exp_run(project):
+    """`dvc exp run -S distill.enabled=true -S dpo.enabled=true`: the teacher stage trains
+    teacher.model, distill trains the `model` shape with it (its MLflow run nested under the
+    teacher's), sft starts from models/distill, dpo tunes that chat model on the OASST1 pairs
+    (measured before and after on held-out pairs, its run nested under sft's) and export takes
+    the dpo model; a teacher with another tokenizer is refused by name."""
+    sets = ["-S", "distill.enabled=true", "-S", "teacher.model.n_layer=2",
+            "-S", "dpo.enabled=true", "-S", "dpo.max_steps=3", "-S", "dpo.batch_size=2"]  # fmt: skip
     out = run([sys.executable, "-m", "dvc", "exp", "run", *sets], project, timeout=900).stdout
-    assert {"dpo", "export", "report"} <= ran_stages(out) and "pretrain" not in ran_stages(out)
-    numbers = json.loads((project / "reports/dpo.json").read_text())
-    assert numbers["before"]["accuracy"] == 0.5 and numbers["before"]["margin"] == 0.0
-    assert numbers["before"]["loss"] == pytest.approx(math.log(2), abs=1e-4)
-    assert numbers["after"]["loss"] != numbers["before"]["loss"]
-    assert numbers["train_pairs"] > 0 and numbers["val_pairs"] > 0
-    assert numbers["after"]["oasst_bpb"] > 0
-    dpo = (project / "models/dpo/model.safetensors").read_bytes()
-    assert dpo != (project / "models/chat/model.safetensors").read_bytes()
-    run_ids = {name: json.loads((project / f"models/{name}/mlflow.json").read_text())["run_id"]
-               for name in ("chat", "dpo")}  # fmt: skip
-    client = mlflow_client(project)
-    assert client.get_run(run_ids["dpo"]).data.tags["mlflow.parentRunId"] == run_ids["chat"]
-    assert "export/onnx_bytes" in client.get_run(run_ids["dpo"]).data.metrics  # its export
-
-
-def test_distill_exp_trains_a_teacher_then_the_student_and_sft_starts_from_it(project):
-    """`dvc exp run -S distill.enabled=true`: the teacher stage trains teacher.model, distill
-    trains the `model` shape with it (its MLflow run nested under the teacher's), sft starts
-    from models/distill; a teacher with another tokenizer is refused by name."""
-    sets = ["-S", "distill.enabled=true", "-S", "teacher.model.n_layer=2"]
-    out = run([sys.executable, "-m", "dvc", "exp", "run", *sets], project, timeout=900).stdout
-    assert {"teacher", "distill", "sft", "export"} <= ran_stages(out), out
+    assert {"teacher", "distill", "sft", "dpo", "export", "report"} <= ran_stages(out), out
     assert "pretrain" not in ran_stages(out)
+
     teacher, student = (json.loads((project / f"reports/{n}.json").read_text())
                         for n in ("teacher", "distill"))  # fmt: skip
     assert teacher["params"] > student["params"] and 0 < student["val_bpb"] < 20
@@ -837,13 +820,25 @@ def test_distill_exp_trains_a_teacher_then_the_student_and_sft_starts_from_it(pr
                                     "alpha": 0.5, "temperature": 2.0}  # fmt: skip
     chat = json.loads((project / "models/chat/config.json").read_text())
     assert chat["base_model"] == sha("models/distill/model.safetensors")
+
+    numbers = json.loads((project / "reports/dpo.json").read_text())
+    assert numbers["before"]["accuracy"] == 0.5 and numbers["before"]["margin"] == 0.0
+    assert numbers["before"]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert numbers["after"]["loss"] != numbers["before"]["loss"]
+    assert numbers["train_pairs"] > 0 and numbers["val_pairs"] > 0
+    assert numbers["after"]["oasst_bpb"] > 0
+    dpo = (project / "models/dpo/model.safetensors").read_bytes()
+    assert dpo != (project / "models/chat/model.safetensors").read_bytes()
+
     run_ids = {name: json.loads((project / f"models/{name}/mlflow.json").read_text())["run_id"]
-               for name in ("teacher", "distill", "chat")}  # fmt: skip
+               for name in ("teacher", "distill", "chat", "dpo")}  # fmt: skip
     client = mlflow_client(project)
     distill_run = client.get_run(run_ids["distill"]).data
     assert distill_run.tags["mlflow.parentRunId"] == run_ids["teacher"]
     assert distill_run.tags["teacher_run_id"] == run_ids["teacher"]
     assert client.get_run(run_ids["chat"]).data.tags["mlflow.parentRunId"] == run_ids["distill"]
+    assert client.get_run(run_ids["dpo"]).data.tags["mlflow.parentRunId"] == run_ids["chat"]
+    assert "export/onnx_bytes" in client.get_run(run_ids["dpo"]).data.metrics  # its export
 
     config_path = project / "models/teacher/config.json"
     original = config_path.read_text()
