@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import pexpect
@@ -30,10 +31,9 @@ def model_dir(tmp_path_factory, small_tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def slow_model_dir(tmp_path_factory, small_tokenizer) -> Path:
-    # Wide, so a 4,000-token reply takes about 10 s here (and seconds on a fast machine, or
-    # with the other test process on the same cores): Ctrl-C lands mid-reply.
+    # Wide, so a 2,000-token reply takes seconds even on a fast machine: Ctrl-C lands mid-reply.
     folder = tmp_path_factory.mktemp("slow")
-    return build_tiny_model(folder, small_tokenizer, 4096, n_embd=384, logit_scale=50)
+    return build_tiny_model(folder, small_tokenizer, 2048, n_embd=192, logit_scale=50)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,9 @@ def spawn(model: Path, *args: str) -> pexpect.spawn:
         codec_errors="replace",
         timeout=TIMEOUT,
         dimensions=(40, 200),
+        # A pytest-xdist worker ignores SIGINT, and children inherit that: give the chat the
+        # default, as a terminal's shell does, so Ctrl-C raises KeyboardInterrupt in it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     child.expect_exact("you> ", timeout=STARTUP)
     return child
@@ -147,7 +150,7 @@ def test_replies_stream_the_models_words_and_remember_the_conversation(model_dir
 
 
 def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(slow_model_dir, tmp_path):
-    child = spawn(slow_model_dir, "--temperature", "0", "--max-new-tokens", "4000")
+    child = spawn(slow_model_dir, "--temperature", "0", "--max-new-tokens", "2000")
     try:
         child.sendline("Speak until I stop thee")
         child.expect_exact("bot> ")
