@@ -7,7 +7,8 @@ exported before them (the same weights, the cache path traced from PyTorch ops).
 
 Greedy generation at batch 1 after a 64-token prompt, each path (PATHS) and thread count in its
 own process once per round (lowest round median); the pipeline's chat model, and in a full run
-random weights with a 512 context; bits per byte of fp32 and int8 on the validation shards.
+random weights with a 512 context; bits per byte of fp32 and int8 on the validation shards;
+and where one step of the chat model's graph spends its time (`step_breakdown`).
 """
 
 from __future__ import annotations
@@ -222,6 +223,64 @@ def graph_nodes(path: Path) -> int:
     return len(onnx.load(options.optimized_model_filepath).graph.node)
 
 
+def step_breakdown(path: str, repeats: int) -> dict[str, Any]:
+    """Where one decoding step's time goes, in this process at 1 thread: the graph alone
+    (one token in, logits out, random cache) at several cache lengths, so the fixed cost and
+    the cost per cached position show apart; each operator type's share of kernel time in
+    onnxruntime's profiler at a cache of 128; and the fp32 weights a step reads (the MatMuls
+    stream them all, so bytes / step time is the memory bandwidth they need)."""
+    import json
+    import os as os_module
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from bardlet.runtime.session import OnnxLM, session_options
+
+    lm = OnnxLM(path, threads=1)
+
+    def feeds(cached: int) -> dict[str, np.ndarray]:
+        shape = (1, lm.cache_heads, cached, lm.head_dim)
+        rng = np.random.default_rng(0)
+        out = {n: rng.random(shape, dtype=np.float32) for n in lm._past_names}
+        out["input_ids"] = np.array([[7]], dtype=np.int64)
+        out["attention_mask"] = np.ones((1, cached + 1), dtype=np.int64)
+        return out
+
+    us_by_cache = {}
+    for cached in (1, 64, 128, min(255, lm.block_size - 1)):
+        inputs, best = feeds(cached), float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                lm.session.run(["logits"], inputs)
+            best = min(best, (time.perf_counter() - start) / repeats)
+        us_by_cache[cached] = best * 1e6
+    options = session_options(1)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "bardlet-ort-profile")
+    profiled = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    inputs = feeds(128)
+    for _ in range(repeats):
+        profiled.run(["logits"], inputs)
+    trace = profiled.end_profiling()
+    kernel_us: dict[str, float] = {}
+    with open(trace) as file:
+        for event in json.load(file):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                op = event["args"]["op_name"]
+                kernel_us[op] = kernel_us.get(op, 0.0) + event["dur"]
+    os_module.remove(trace)
+    total = sum(kernel_us.values())
+    shares = {op: us / total for op, us in sorted(kernel_us.items(), key=lambda kv: -kv[1])}
+    weights = onnx.load(path).graph.initializer
+    matmul_bytes = sum(
+        4 * int(np.prod(w.dims)) for w in weights if len(w.dims) == 2 and w.data_type == 1
+    )
+    return {"us_by_cache": us_by_cache, "kernel_share": shares, "weight_bytes": matmul_bytes}
+
+
 def make_prompt() -> list[int]:
     """<|bos|> + the first 63 tokens of Tiny Shakespeare's validation text."""
     from bardlet.tokenizer import Tokenizer
@@ -391,7 +450,26 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         sets = [{"name": name, **v} for name, v in q.items()]
         tables.append(common.rows_table(sets, columns, align="lr"))
+    if "step_breakdown" in result:
+        tables.append(breakdown_table(result["step_breakdown"]))
     return "\n\n".join(tables)
+
+
+def breakdown_table(found: dict[str, Any]) -> str:
+    """The chat model's step, graph alone at 1 thread: µs at each cache length, the share of
+    the biggest operator types, and the bandwidth the weights need at the shortest cache."""
+    by_cache = {int(k): v for k, v in found["us_by_cache"].items()}
+    first = min(by_cache)
+    rows = [{"what": f"graph, cache of {k}", "value": f"{v:.0f} µs"} for k, v in by_cache.items()]
+    slope = (by_cache[max(by_cache)] - by_cache[first]) / (max(by_cache) - first)
+    rows.append({"what": "each cached position adds", "value": f"{slope:.2f} µs"})
+    megabytes = found["weight_bytes"] / 1e6
+    rows.append({"what": "fp32 weights a step reads", "value": f"{megabytes:.1f} MB"})
+    gbps = found["weight_bytes"] / (by_cache[first] * 1e-6) / 1e9
+    rows.append({"what": "weights ÷ the step at a cache of 1", "value": f"{gbps:.0f} GB/s"})
+    for op, share in list(found["kernel_share"].items())[:6]:
+        rows.append({"what": f"{op}, share of kernel time (cache 128)", "value": f"{share:.0%}"})
+    return common.rows_table(rows, [("chat model, one step", "{what}"), ("", "{value}")], "lr")
 
 
 def main() -> None:
@@ -413,6 +491,8 @@ def main() -> None:
         rows = measure(models, threads, rounds, reps, prompt)
         print("quality: bits per byte, fp32 vs int8", flush=True)
         quality_result = quality(models[0], max_batches=2 if args.quick else None)
+        print("a step's time: the graph alone, and by operator", flush=True)
+        breakdown = step_breakdown(models[0]["onnx"], 100 if args.quick else 300)
     import numpy
     import onnxruntime
     import torch
@@ -435,6 +515,7 @@ def main() -> None:
         "rows": rows,
         "speedups": speedups(rows),
         "quality": quality_result,
+        "step_breakdown": breakdown,
     }
     print()
     print(markdown(result))
