@@ -225,12 +225,12 @@ def graph_nodes(path: Path) -> int:
 
 def step_breakdown(path: str, repeats: int) -> dict[str, Any]:
     """Where one decoding step's time goes, in this process at 1 thread: the graph alone
-    (one token in, logits out, random cache) at several cache lengths, so the fixed cost and
-    the cost per cached position show apart; each operator type's share of kernel time in
-    onnxruntime's profiler at a cache of 128; and the fp32 weights a step reads (the MatMuls
-    stream them all, so bytes / step time is the memory bandwidth they need)."""
+    (a token per row in, logits out, random cache) at several cache lengths, so the fixed cost
+    and the cost per cached position show apart, and for 16 rows at once (the batcher's step);
+    each operator type's share of kernel time in onnxruntime's profiler at a cache of 128, for
+    1 row and for 16; and the fp32 weights a step reads (the MatMuls stream them all, so
+    bytes / step time is the memory bandwidth they need)."""
     import json
-    import os as os_module
 
     import numpy as np
     import onnx
@@ -240,45 +240,52 @@ def step_breakdown(path: str, repeats: int) -> dict[str, Any]:
 
     lm = OnnxLM(path, threads=1)
 
-    def feeds(cached: int) -> dict[str, np.ndarray]:
-        shape = (1, lm.cache_heads, cached, lm.head_dim)
+    def feeds(cached: int, rows: int = 1) -> dict[str, np.ndarray]:
+        shape = (rows, lm.cache_heads, cached, lm.head_dim)
         rng = np.random.default_rng(0)
         out = {n: rng.random(shape, dtype=np.float32) for n in lm._past_names}
-        out["input_ids"] = np.array([[7]], dtype=np.int64)
-        out["attention_mask"] = np.ones((1, cached + 1), dtype=np.int64)
+        out["input_ids"] = np.full((rows, 1), 7, dtype=np.int64)
+        out["attention_mask"] = np.ones((rows, cached + 1), dtype=np.int64)
         return out
 
-    us_by_cache = {}
-    for cached in (1, 64, 128, min(255, lm.block_size - 1)):
-        inputs, best = feeds(cached), float("inf")
+    def step_us(inputs: dict[str, np.ndarray]) -> float:
+        best = float("inf")
         for _ in range(5):
             start = time.perf_counter()
             for _ in range(repeats):
                 lm.session.run(["logits"], inputs)
             best = min(best, (time.perf_counter() - start) / repeats)
-        us_by_cache[cached] = best * 1e6
-    options = session_options(1)
-    options.enable_profiling = True
-    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "bardlet-ort-profile")
-    profiled = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    inputs = feeds(128)
-    for _ in range(repeats):
-        profiled.run(["logits"], inputs)
-    trace = profiled.end_profiling()
-    kernel_us: dict[str, float] = {}
-    with open(trace) as file:
-        for event in json.load(file):
-            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-                op = event["args"]["op_name"]
-                kernel_us[op] = kernel_us.get(op, 0.0) + event["dur"]
-    os_module.remove(trace)
-    total = sum(kernel_us.values())
-    shares = {op: us / total for op, us in sorted(kernel_us.items(), key=lambda kv: -kv[1])}
+        return best * 1e6
+
+    def kernel_shares(inputs: dict[str, np.ndarray]) -> dict[str, float]:
+        options = session_options(1)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "bardlet-ort-profile")
+        profiled = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        for _ in range(repeats):
+            profiled.run(["logits"], inputs)
+        trace = profiled.end_profiling()
+        kernel_us: dict[str, float] = {}
+        with open(trace) as file:
+            for event in json.load(file):
+                if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                    op = event["args"]["op_name"]
+                    kernel_us[op] = kernel_us.get(op, 0.0) + event["dur"]
+        os.remove(trace)
+        total = sum(kernel_us.values())
+        return {op: us / total for op, us in sorted(kernel_us.items(), key=lambda kv: -kv[1])}
+
+    caches = (1, 64, 128, min(255, lm.block_size - 1))
     weights = onnx.load(path).graph.initializer
-    matmul_bytes = sum(
-        4 * int(np.prod(w.dims)) for w in weights if len(w.dims) == 2 and w.data_type == 1
-    )
-    return {"us_by_cache": us_by_cache, "kernel_share": shares, "weight_bytes": matmul_bytes}
+    return {
+        "us_by_cache": {cached: step_us(feeds(cached)) for cached in caches},
+        "us_16_rows_cache_128": step_us(feeds(128, rows=16)),
+        "kernel_share": kernel_shares(feeds(128)),
+        "kernel_share_16_rows": kernel_shares(feeds(128, rows=16)),
+        "weight_bytes": sum(
+            4 * int(np.prod(w.dims)) for w in weights if len(w.dims) == 2 and w.data_type == 1
+        ),
+    }
 
 
 def make_prompt() -> list[int]:
@@ -456,19 +463,25 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def breakdown_table(found: dict[str, Any]) -> str:
-    """The chat model's step, graph alone at 1 thread: µs at each cache length, the share of
-    the biggest operator types, and the bandwidth the weights need at the shortest cache."""
+    """The chat model's step, graph alone at 1 thread: µs at each cache length, the biggest
+    operator types' shares, the bandwidth the weights need, and the same for 16 rows."""
     by_cache = {int(k): v for k, v in found["us_by_cache"].items()}
-    first = min(by_cache)
-    rows = [{"what": f"graph, cache of {k}", "value": f"{v:.0f} µs"} for k, v in by_cache.items()]
-    slope = (by_cache[max(by_cache)] - by_cache[first]) / (max(by_cache) - first)
+    first, last = min(by_cache), max(by_cache)
+    rows = [{"what": f"1 row, cache of {k}", "value": f"{v:.0f} µs"} for k, v in by_cache.items()]
+    slope = (by_cache[last] - by_cache[first]) / (last - first)
     rows.append({"what": "each cached position adds", "value": f"{slope:.2f} µs"})
-    megabytes = found["weight_bytes"] / 1e6
-    rows.append({"what": "fp32 weights a step reads", "value": f"{megabytes:.1f} MB"})
+    rows.append(
+        {"what": "fp32 weights a step reads", "value": f"{found['weight_bytes'] / 1e6:.1f} MB"}
+    )
     gbps = found["weight_bytes"] / (by_cache[first] * 1e-6) / 1e9
     rows.append({"what": "weights ÷ the step at a cache of 1", "value": f"{gbps:.0f} GB/s"})
     for op, share in list(found["kernel_share"].items())[:6]:
-        rows.append({"what": f"{op}, share of kernel time (cache 128)", "value": f"{share:.0%}"})
+        rows.append({"what": f"{op}, share of kernel time (1 row)", "value": f"{share:.0%}"})
+    batched = found["us_16_rows_cache_128"]
+    rows.append({"what": "16 rows, cache of 128", "value": f"{batched:.0f} µs"})
+    rows.append({"what": "16 rows: per row", "value": f"{batched / 16:.0f} µs"})
+    for op, share in list(found["kernel_share_16_rows"].items())[:3]:
+        rows.append({"what": f"{op}, share of kernel time (16 rows)", "value": f"{share:.0%}"})
     return common.rows_table(rows, [("chat model, one step", "{what}"), ("", "{value}")], "lr")
 
 
