@@ -94,11 +94,24 @@ def export_onnx(model: GPT, path: Path, opset: int, metadata: dict[str, Any]) ->
         )
         assert program is not None
         proto = program.model_proto
+        _drop_exporter_notes(proto)
         entry = proto.metadata_props.add()
         entry.key = METADATA_KEY
         entry.value = json.dumps({"model": config.to_dict(), **metadata}, sort_keys=True)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
+
+
+def _drop_exporter_notes(proto: onnx.ModelProto) -> None:
+    """Remove what the exporter notes on each node and value for debugging: the Python stack
+    that made it, with absolute file paths and line numbers. Kept, the file's bytes would
+    depend on where the repo is cloned (and on model.py's line numbers), so a fresh clone's
+    `make pipeline` could not reproduce the committed dvc.lock."""
+    graph = proto.graph
+    for items in (graph.node, graph.input, graph.output, graph.value_info, graph.initializer):
+        for item in items:
+            del item.metadata_props[:]
+    del graph.metadata_props[:]
 
 
 @contextmanager

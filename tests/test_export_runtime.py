@@ -45,6 +45,17 @@ def test_parity_with_pytorch_over_incremental_steps(exported, small_tokenizer):
     assert check_parity(model, folder / "model.onnx", prompt, steps=32) < 1e-4
 
 
+def test_the_file_is_the_same_wherever_the_repo_is(exported, small_tokenizer):
+    """The exporter notes each node's Python stack, with absolute paths: the file must not
+    keep them, or a clone elsewhere would export other bytes and miss the committed dvc.lock."""
+    folder, model = exported
+    data = (folder / "model.onnx").read_bytes()
+    assert str(REPO).encode() not in data and b"stack_trace" not in data
+    again = folder / "again.onnx"
+    export_onnx(model, again, 23, {"tokenizer_hash": small_tokenizer.hash})
+    assert again.read_bytes() == data
+
+
 def test_runtime_greedy_matches_pytorch_generate(exported, small_tokenizer):
     folder, model = exported
     lm = OnnxLM(folder)
