@@ -115,10 +115,13 @@ def test_sixteen_concurrent_requests_get_the_replies_they_get_alone(lm):
 def test_a_full_queue_refuses_at_once_and_a_closed_reader_leaves_the_batch(lm):
     batcher = Batcher(lm, max_batch=1, max_waiting=1)
     prompt = [lm.tokenizer.special_id("<|bos|>"), *lm.tokenizer.encode("ROMEO:")]
-    first = batcher.stream(prompt, 80, Sampling(temperature=0))
-    second = batcher.stream(prompt, 80, Sampling(temperature=0))
-    with pytest.raises(Busy, match="busy"):
-        batcher.stream(prompt, 80, Sampling(temperature=0))
+    # Hold the decode loop at the door (it takes requests under this lock), so the first
+    # request cannot finish its 80 tokens before the third arrives, however slow this thread.
+    with batcher._wake:
+        first = batcher.stream(prompt, 80, Sampling(temperature=0))
+        second = batcher.stream(prompt, 80, Sampling(temperature=0))
+        with pytest.raises(Busy, match="busy"):
+            batcher.stream(prompt, 80, Sampling(temperature=0))
     next(first)
     first.close()
     second.close()
