@@ -73,12 +73,3 @@ def train_params(**overrides):
 
     base = load_params(REPO / "params.yaml").sft.model_dump(exclude={"lora"})
     return TrainParams(**{**base, **overrides})
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The two end-to-end files first. pytest runs in two processes (pytest-xdist), a file
-    each, taken in this order: the longest then start at once instead of last, and the rest
-    fill the other process, so the suite ends minutes sooner. The sort is stable: each file's
-    own order stays."""
-    first = ("test_pipeline_e2e.py", "test_pretrained_pipeline.py")
-    items.sort(key=lambda item: item.path.name not in first)
