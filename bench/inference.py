@@ -236,14 +236,16 @@ def step_breakdown(path: str, repeats: int) -> dict[str, Any]:
     import onnx
     import onnxruntime as ort
 
+    from bardlet.export import cache_names
     from bardlet.runtime.session import OnnxLM, session_options
 
     lm = OnnxLM(path, threads=1)
+    past_names = cache_names(lm.n_layer, "past")
 
     def feeds(cached: int, rows: int = 1) -> dict[str, np.ndarray]:
         shape = (rows, lm.cache_heads, cached, lm.head_dim)
         rng = np.random.default_rng(0)
-        out = {n: rng.random(shape, dtype=np.float32) for n in lm._past_names}
+        out = {n: rng.random(shape, dtype=np.float32) for n in past_names}
         out["input_ids"] = np.full((rows, 1), 7, dtype=np.int64)
         out["attention_mask"] = np.ones((rows, cached + 1), dtype=np.int64)
         return out
