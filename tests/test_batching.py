@@ -3,6 +3,7 @@ reply computed alone, and the server's queue is bounded and forgets clients that
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -132,6 +133,32 @@ def test_a_full_queue_refuses_at_once_and_a_closed_reader_leaves_the_batch(lm):
     settled = batcher.tokens_drawn
     time.sleep(0.2)
     assert batcher.tokens_drawn == settled < 160  # neither request ran to its 80 tokens
+
+
+def test_a_request_still_in_prefill_holds_its_batch_slot(lm, monkeypatch):
+    """The loop takes a request from the queue, then runs its prompt: until it joins the batch
+    it is in neither list, yet its slot is taken. Counted or not, a burst arriving meanwhile
+    would be admitted past max_batch + max_waiting."""
+    in_prefill, release = threading.Event(), threading.Event()
+    forward = lm.forward
+
+    def held_forward(*args, **kwargs):
+        in_prefill.set()
+        assert release.wait(10)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(lm, "forward", held_forward)
+    batcher = Batcher(lm, max_batch=1, max_waiting=0)
+    prompt = [lm.tokenizer.special_id("<|bos|>"), *lm.tokenizer.encode("ROMEO:")]
+    first = batcher.stream(prompt, 3, Sampling(temperature=0))
+    assert in_prefill.wait(10)  # off the queue, not yet running: the one slot is still taken
+    try:
+        with pytest.raises(Busy):
+            batcher.stream(prompt, 3, Sampling(temperature=0))
+    finally:
+        release.set()
+    assert len(list(first)) == 3
+    assert len(list(batcher.stream(prompt, 3, Sampling(temperature=0)))) == 3  # a free slot
 
 
 @pytest.fixture(scope="module")

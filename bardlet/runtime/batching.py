@@ -117,6 +117,7 @@ class Batcher:
         self._waiting: deque[_Request] = deque()
         self._wake = threading.Condition()
         self.running: list[_Request] = []
+        self._joining = 0  # taken from the queue, still in prefill: they hold batch slots too
         self._past: list[np.ndarray] = []  # per layer key and value: (rows, heads, cols, dim)
         self._mask = np.zeros((0, 0), dtype=np.int64)  # (rows, cols): 1 = token, 0 = padding
         self.tokens_drawn = 0  # over the server's life: tests watch it stop after a disconnect
@@ -136,7 +137,8 @@ class Batcher:
         budget = min(max_new_tokens, self.lm.block_size - len(prompt))
         request = _Request(list(prompt), budget, settings, tuple(stop_ids), scores)
         with self._wake:
-            if len(self._waiting) >= self.max_waiting + max(0, self.max_batch - len(self.running)):
+            free_slots = max(0, self.max_batch - len(self.running) - self._joining)
+            if len(self._waiting) >= self.max_waiting + free_slots:
                 raise Busy(len(self._waiting))
             self._waiting.append(request)
             self._wake.notify()
@@ -157,15 +159,18 @@ class Batcher:
                 joining: list[_Request] = []
                 while self._waiting and len(self.running) + len(joining) < self.max_batch:
                     joining.append(self._waiting.popleft())
+                self._joining = len(joining)
             try:
                 for request in joining:
                     self._prefill(request)
+                    with self._wake:  # now in self.running (or finished)
+                        self._joining -= 1
                 if self.running:
                     self._step()
             except Exception as error:  # a failing graph call fails every request in it
                 for request in [*joining, *self.running]:
                     request.out.put(error)
-                self.running, self._past = [], []
+                self.running, self._past, self._joining = [], [], 0
                 self._mask = np.zeros((0, 0), dtype=np.int64)
 
     def _prefill(self, request: _Request) -> None:
