@@ -161,6 +161,35 @@ def test_a_request_still_in_prefill_holds_its_batch_slot(lm, monkeypatch):
     assert len(list(batcher.stream(prompt, 3, Sampling(temperature=0)))) == 3  # a free slot
 
 
+def test_a_reader_that_leaves_the_queue_frees_its_place_at_once(lm):
+    """A waiting request whose reader is gone leaves the queue when it closes, not when a
+    batch slot frees: its place goes to the next request, and it is never prefilled."""
+    batcher = Batcher(lm, max_batch=1, max_waiting=1)
+    prompt = [lm.tokenizer.special_id("<|bos|>"), *lm.tokenizer.encode("ROMEO:")]
+    with batcher._wake:  # the loop cannot take any of them meanwhile
+        first = batcher.stream(prompt, 4, Sampling(temperature=0))
+        second = batcher.stream(prompt, 4, Sampling(temperature=0))
+        with pytest.raises(Busy):
+            batcher.stream(prompt, 4, Sampling(temperature=0))
+        second.close()
+        assert second.ready() and list(second) == []  # ended, without a token
+        third = batcher.stream(prompt, 4, Sampling(temperature=0))  # its place
+    assert len(list(first)) == len(list(third)) == 4
+    assert batcher.tokens_drawn == 8
+
+
+def test_kept_scores_are_copies_not_views_of_a_whole_step(lm):
+    """Log-probs keep each step's logits row; a view would keep the step's whole (rows,
+    positions, vocab) array alive, for every row of the batch and every prompt position."""
+    prompt = [lm.tokenizer.special_id("<|bos|>"), *lm.tokenizer.encode("ROMEO: a long prompt")]
+    alone: list[np.ndarray] = []
+    batched: list[np.ndarray] = []
+    list(lm.stream(prompt, 3, Sampling(temperature=0), scores=alone))
+    list(Batcher(lm).stream(prompt, 3, Sampling(temperature=0), scores=batched))
+    for score in alone + batched:
+        assert score.shape == (lm.tokenizer.vocab_size,) and score.base is None
+
+
 @pytest.fixture(scope="module")
 def busy_server(tmp_path_factory, small_tokenizer):
     """A server with one batch slot and no queue, and a model slow enough (1024 context,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from openai import OpenAI
 
 from bardlet.chat import Chat, command
 from bardlet.data.chat_template import render_prompt
+from bardlet.runtime.batching import Batcher, Busy
 from bardlet.runtime.beams import beam_search, beams, log_softmax
 from bardlet.runtime.conversation import reply
 from bardlet.runtime.sampling import Sampling
@@ -162,3 +164,75 @@ def test_the_api_chat_and_generate_give_the_beam_search_reply(lm, tmp_path):
     bos = [lm.tokenizer.special_id("<|bos|>"), *lm.tokenizer.encode("ROMEO:")]
     found = beam_search(lm, bos, 10, 3, stop_ids=[lm.tokenizer.special_id("<|end|>")])
     assert run.stdout == lm.tokenizer.decode(found.tokens) + "\n"
+
+
+def test_a_closed_search_stops_at_its_next_step(lm):
+    """The reader left (another thread sets `stop`): no more graph calls after the one running."""
+    calls = []
+    forward = lm.forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            stop.set()  # as if the client left during the third call
+        return forward(*args, **kwargs)
+
+    stop = threading.Event()
+    lm.forward = counted
+    try:
+        beam_search(lm, prompts(lm)[0], 40, 4, stop=stop)
+    finally:
+        del lm.forward
+    assert len(calls) == 3  # the prompt and two steps, not 40
+
+
+def test_beams_hold_batch_rows_and_give_them_back(lm):
+    """A beam search runs beside the decode loop: its beams count against max_batch while it
+    runs, so a request that would not fit is refused (429 on the server), and the rows come
+    back when the search ends or its reader leaves before it starts."""
+    batcher = Batcher(lm, max_batch=4, max_waiting=0)
+    prompt = prompts(lm)[0]
+    source = beams(lm, 3, batcher=batcher)
+    search = source(prompt, 8, GREEDY, (), None)
+    with pytest.raises(Busy):
+        beams(lm, 2, batcher=batcher)(prompt, 8, GREEDY, (), None)
+    first = batcher.stream(prompt, 2, GREEDY)  # the fourth row still fits
+    with pytest.raises(Busy):
+        batcher.stream(prompt, 2, GREEDY)
+    assert len(list(first)) == 2
+    assert len(list(search)) == 8  # the search ran and ended: its rows are free again
+    unread = source(prompt, 8, GREEDY, (), None)
+    unread.close()  # the client left before the search started
+    del unread
+    assert len(list(batcher.stream(prompt, 2, GREEDY))) == 2
+    for _ in range(2):  # and two searches of 2 beams fit side by side
+        assert len(list(beams(lm, 2, batcher=batcher)(prompt, 4, GREEDY, (), None))) == 4
+
+
+def test_the_api_passes_a_length_penalty_of_zero(marker_lm):
+    """0 is a value (it favours short replies), not "unset": the server must not make it 1.
+    With this model and line, 0 ends the reply at once and 1 writes a token first."""
+    import asyncio
+
+    import httpx
+
+    from bardlet.server.app import create_app
+
+    line = "wholesome, we might guess they relieved us humanely;"
+    prompt = [marker_lm.tokenizer.special_id("<|bos|>"), *marker_lm.tokenizer.encode(line)]
+    replies = {
+        penalty: reply(marker_lm, prompt, 30, GREEDY, stream=beams(marker_lm, 4, penalty)).text()
+        for penalty in (0.0, 1.0)
+    }
+    assert replies[0.0] != replies[1.0], "this line no longer tells the two apart"
+
+    async def ask(penalty: float) -> str:
+        transport = httpx.ASGITransport(app=create_app(marker_lm))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            body = {"model": "bardlet", "prompt": line, "max_tokens": 30,
+                    "num_beams": 4, "length_penalty": penalty}  # fmt: skip
+            answer = await client.post("/v1/completions", json=body, timeout=60)
+            return answer.json()["choices"][0]["text"]
+
+    assert asyncio.run(ask(0.0)) == replies[0.0]
+    assert asyncio.run(ask(1.0)) == replies[1.0]

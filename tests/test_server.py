@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -411,6 +414,20 @@ def test_a_slow_client_is_disconnected(model_dir):
             while chunk := body.recv(4096):  # until the server closes the connection
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
+        with socket.create_connection(("127.0.0.1", served.port), timeout=30) as kept:
+            # Keep-alive: one whole request, then the next one's head trickles in.
+            kept.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            first = b""
+            while b"\r\n\r\n" not in first or not first.rstrip().endswith(b"}"):
+                first += kept.recv(4096)
+            assert first.startswith(b"HTTP/1.1 200")
+            kept.sendall(b"GET /health HTTP/1.1\r\n")
+            for _ in range(6):  # a byte every half second: past --read-timeout it is cut off
+                time.sleep(0.5)
+                with contextlib.suppress(OSError):
+                    kept.sendall(b"X")
+            kept.settimeout(5)
+            assert kept.recv(1024) == b""  # closed (the read would time out otherwise)
         assert httpx.get(served.url + "/health", timeout=TIMEOUT).status_code == 200
     finally:
         served.stop()
@@ -537,3 +554,58 @@ def test_models_by_name_and_what_is_not_supported_are_named(client, server):
         model="bardlet", messages=HELLO, max_tokens=2, tools=[], response_format={"type": "text"}
     )
     assert fine.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_reply_that_fails_mid_stream_says_so_in_the_stream(lm, monkeypatch):
+    """The decode loop's graph call fails after the first tokens are sent (headers and all):
+    the stream ends with an error event the openai client raises, then [DONE], not a cut."""
+    from bardlet.server.app import create_app
+
+    forward, calls = lm.forward, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # the prompt and two tokens went well
+            raise RuntimeError("the graph broke")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(lm, "forward", failing)
+
+    async def scenario() -> tuple[str, str]:
+        transport = httpx.ASGITransport(app=create_app(lm))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            client = openai.AsyncOpenAI(base_url="http://127.0.0.1/v1", api_key="x",
+                                        http_client=http, max_retries=0)  # fmt: skip
+            said = ""
+            with pytest.raises(openai.APIError, match="generation failed: the graph broke"):
+                stream = await client.chat.completions.create(
+                    model="bardlet", messages=[{"role": "user", "content": "Hi"}],
+                    max_tokens=20, temperature=0, stream=True,
+                )  # fmt: skip
+                async for chunk in stream:
+                    said += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+            monkeypatch.setattr(lm, "forward", forward)
+            raw = await http.post("/v1/completions", json={"prompt": "A", "max_tokens": 3,
+                                                          "stream": True})  # fmt: skip
+            return said, raw.text
+
+    said, after = asyncio.run(scenario())
+    assert said  # the tokens before the failure were sent
+    assert after.endswith("data: [DONE]\n\n") and "error" not in after  # the loop goes on
+
+
+def test_the_thread_pool_holds_every_request_the_batcher_admits(lm):
+    """Each admitted reply waits in a worker thread; anyio's default of 40 would leave
+    requests the batcher admitted queued for a thread, where they can neither run nor get
+    a 429."""
+    import anyio
+
+    from bardlet.server.app import create_app
+
+    application = create_app(lm, max_batch=32, max_waiting=64)
+
+    async def inside() -> int:
+        async with application.router.lifespan_context(application):
+            return int(anyio.to_thread.current_default_thread_limiter().total_tokens)
+
+    assert asyncio.run(inside()) >= 32 + 64

@@ -16,7 +16,8 @@ row are cut off, so the cache is never longer than the longest row still running
 Each request samples with its own random generator and settings, exactly as
 `OnnxLM.stream` does: a seeded request draws the same tokens in a batch as alone.
 Back-pressure: at most `max_batch` rows run and `max_waiting` requests wait; past that,
-`stream` raises `Busy` at once (the server answers 429 with Retry-After).
+`stream` raises `Busy` at once (the server answers 429 with Retry-After). A beam search runs
+its beams outside the loop, but `hold` counts them against the same `max_batch`.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class _Request:
         """Draw the next token from `logits` (vocab,) and hand it to the reader; True if the
         request is finished (a stop token or its budget)."""
         if self.scores is not None:
-            self.scores.append(logits)
+            self.scores.append(logits.copy())  # a view would keep the whole batch step alive
         token = sample(logits, self.settings, self.rng, self.history)
         self.made += 1
         if token in self.stop_ids:
@@ -81,10 +82,11 @@ class _Request:
 
 class Tokens(Iterator[int]):
     """One request's token ids as they are drawn. `close()` (or dropping it) tells the
-    decode loop the reader is gone: the row leaves the batch at the next token."""
+    decode loop the reader is gone: a waiting request leaves the queue at once, a running
+    row leaves the batch at the next token."""
 
-    def __init__(self, request: _Request) -> None:
-        self._request = request
+    def __init__(self, request: _Request, batcher: Batcher) -> None:
+        self._request, self._batcher = request, batcher
 
     def __next__(self) -> int:
         item = self._request.out.get()
@@ -101,7 +103,7 @@ class Tokens(Iterator[int]):
         return not self._request.out.empty()
 
     def close(self) -> None:
-        self._request.cancelled = True
+        self._batcher.cancel(self._request)
 
     __del__ = close
 
@@ -118,6 +120,7 @@ class Batcher:
         self._wake = threading.Condition()
         self.running: list[_Request] = []
         self._joining = 0  # taken from the queue, still in prefill: they hold batch slots too
+        self._held = 0  # rows decoded outside the loop (beam searches) that count against max_batch
         self._past: list[np.ndarray] = []  # per layer key and value: (rows, heads, cols, dim)
         self._mask = np.zeros((0, 0), dtype=np.int64)  # (rows, cols): 1 = token, 0 = padding
         self.tokens_drawn = 0  # over the server's life: tests watch it stop after a disconnect
@@ -137,12 +140,37 @@ class Batcher:
         budget = min(max_new_tokens, self.lm.block_size - len(prompt))
         request = _Request(list(prompt), budget, settings, tuple(stop_ids), scores)
         with self._wake:
-            free_slots = max(0, self.max_batch - len(self.running) - self._joining)
+            free_slots = max(0, self._free_rows())
             if len(self._waiting) >= self.max_waiting + free_slots:
                 raise Busy(len(self._waiting))
             self._waiting.append(request)
             self._wake.notify()
-        return Tokens(request)
+        return Tokens(request, self)
+
+    def _free_rows(self) -> int:
+        return self.max_batch - len(self.running) - self._joining - self._held
+
+    def hold(self, rows: int) -> None:
+        """Count `rows` decoded elsewhere (a beam search's beams) against max_batch until
+        `release(rows)`; `Busy` at once if they do not fit now, or requests are waiting."""
+        with self._wake:
+            if self._waiting or self._free_rows() < min(rows, self.max_batch):
+                raise Busy(len(self._waiting))
+            self._held += rows
+
+    def release(self, rows: int) -> None:
+        with self._wake:
+            self._held -= rows
+            self._wake.notify()
+
+    def cancel(self, request: _Request) -> None:
+        """The reader is gone. Still waiting: out of the queue now (its place is free for the
+        next request). Running or prefilling: the loop drops the row at the next token."""
+        with self._wake:
+            request.cancelled = True
+            if request in self._waiting:
+                self._waiting.remove(request)
+                self._finish(request)
 
     def load(self) -> dict[str, int]:
         """How many requests run and wait now, and tokens drawn so far (for /health)."""
@@ -154,10 +182,10 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._waiting and not self.running:
-                    self._wake.wait()
+                while not self.running and (not self._waiting or self._free_rows() <= 0):
+                    self._wake.wait()  # woken by a new request, or rows released
                 joining: list[_Request] = []
-                while self._waiting and len(self.running) + len(joining) < self.max_batch:
+                while self._waiting and len(joining) < self._free_rows():
                     joining.append(self._waiting.popleft())
                 self._joining = len(joining)
             try:

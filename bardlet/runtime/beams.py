@@ -16,12 +16,14 @@ deterministic: temperature and the other sampling settings do not apply. 1 beam 
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from bardlet.runtime.generation import TokenSource
+from bardlet.runtime.batching import Batcher
+from bardlet.runtime.generation import TokenIds, TokenSource
 from bardlet.runtime.sampling import Sampling
 from bardlet.runtime.session import OnnxLM
 
@@ -51,8 +53,10 @@ def beam_search(
     num_beams: int,
     length_penalty: float = 1.0,
     stop_ids: Sequence[int] = (),
+    stop: threading.Event | None = None,
 ) -> Hypothesis:
-    """The best hypothesis after `prompt` (see the module's docstring)."""
+    """The best hypothesis after `prompt` (see the module's docstring). Setting `stop` (from
+    another thread: the reader is gone) ends the search at its next step."""
     lm.check_prompt(prompt)
     if not 1 <= num_beams <= MAX_BEAMS:
         raise ValueError(f"num_beams must be between 1 and {MAX_BEAMS}, got {num_beams}")
@@ -66,7 +70,9 @@ def beam_search(
         return sorted(found, key=lambda h: h.score(length_penalty), reverse=True)
 
     for step in range(budget):
-        rows = logits[:, -1]
+        if stop is not None and stop.is_set():
+            break
+        rows = logits[:, -1].copy()  # kept in paths: not a view of every prompt position
         totals = np.array([h.logprob for h in live])[:, None] + log_softmax(rows)
         best = np.argsort(-totals, axis=None, kind="stable")[: 2 * num_beams]
         following, sources = [], []
@@ -96,9 +102,53 @@ def beam_search(
     return ranked(finished + live)[0]
 
 
-def beams(lm: OnnxLM, num_beams: int, length_penalty: float = 1.0) -> TokenSource:
+class _BeamTokens:
+    """The best hypothesis's tokens, searched for on the first `next()`. `close()` may come
+    from another thread while the search runs: it stops at its next step. `release` (called
+    once: when the search ends, at close, or when dropped) gives back the rows it held."""
+
+    def __init__(
+        self,
+        search: Callable[[threading.Event], Hypothesis],
+        scores: list | None,
+        release: Callable[[], None],
+    ) -> None:
+        self._search, self._scores, self._release = search, scores, release
+        self._stop, self._released = threading.Event(), threading.Lock()
+        self._tokens: Iterator[int] | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        return self
+
+    def __next__(self) -> int:
+        if self._tokens is None:
+            try:
+                found = self._search(self._stop)
+            finally:
+                self._give_back()
+            if self._scores is not None:
+                self._scores.extend(found.logits)
+            self._tokens = iter([] if self._stop.is_set() else found.tokens)
+        return next(self._tokens)
+
+    def _give_back(self) -> None:
+        if self._released.acquire(blocking=False):  # the first call only
+            self._release()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._give_back()
+
+    __del__ = close
+
+
+def beams(
+    lm: OnnxLM, num_beams: int, length_penalty: float = 1.0, batcher: Batcher | None = None
+) -> TokenSource:
     """A token source for `Generation(..., stream=...)` that answers with beam search: the
-    best hypothesis's tokens, all at once when the search ends (sampling settings unused)."""
+    best hypothesis's tokens, all at once when the search ends (sampling settings unused).
+    With a `batcher`, the beams count against its max_batch while they run: `Busy` if they
+    do not fit (a server's decode loop and its beam searches share the cores)."""
 
     def stream(
         prompt: Sequence[int],
@@ -106,13 +156,17 @@ def beams(lm: OnnxLM, num_beams: int, length_penalty: float = 1.0) -> TokenSourc
         settings: Sampling,
         stop_ids: Sequence[int] = (),
         scores: list[np.ndarray] | None = None,
-    ) -> Generator[int, None, None]:
+    ) -> TokenIds:
         if num_beams == 1:  # greedy, as Hugging Face does: the same tokens, one at a time
-            yield from lm.stream(prompt, max_new_tokens, Sampling(temperature=0), stop_ids, scores)
-            return
-        found = beam_search(lm, prompt, max_new_tokens, num_beams, length_penalty, stop_ids)
-        if scores is not None:
-            scores.extend(found.logits)
-        yield from found.tokens
+            return lm.stream(prompt, max_new_tokens, Sampling(temperature=0), stop_ids, scores)
+        if batcher is not None:
+            batcher.hold(num_beams)
+        return _BeamTokens(
+            lambda stop: beam_search(
+                lm, prompt, max_new_tokens, num_beams, length_penalty, stop_ids, stop
+            ),
+            scores,
+            (lambda: batcher.release(num_beams)) if batcher is not None else (lambda: None),
+        )
 
     return stream

@@ -161,7 +161,7 @@ class OnnxLM:
         for _ in range(budget):
             logits, past = self.forward(ids, past)
             if scores is not None:
-                scores.append(logits[0, -1])
+                scores.append(logits[0, -1].copy())  # not a view of every position's logits
             next_id = sample(logits[0, -1], settings, rng, history)
             if next_id in stop_ids:
                 return

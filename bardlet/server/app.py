@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -192,9 +193,19 @@ class DeadlineH11Protocol(H11Protocol):
         super().connection_made(transport)
         self.head_deadline = self.loop.call_later(self.read_timeout, self.too_slow)
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Keep-alive: the next request's head gets the same deadline. (uvicorn's own
+        # keep-alive timer stops at the first byte, so it cannot stop a trickle.)
+        self.head_deadline.cancel()
+        self.head_deadline = self.loop.call_later(self.read_timeout, self.too_slow)
+
+    def waiting_for_head(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.cycle is not None:  # the head is complete (cancelling twice does nothing)
+        if not self.waiting_for_head():  # cancelling twice does nothing
             self.head_deadline.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -202,7 +213,7 @@ class DeadlineH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def too_slow(self) -> None:
-        if self.cycle is None and not self.transport.is_closing():
+        if self.waiting_for_head() and not self.transport.is_closing():
             self.transport.close()
 
 
@@ -466,9 +477,10 @@ async def answer(
         raise APIError(400, f"{param}: {first['msg']}", param=param) from None
     wants_logprobs = isinstance(body, ChatCompletionRequest) and bool(body.logprobs)
     top = (body.top_logprobs or 0) if isinstance(body, ChatCompletionRequest) else 0
-    source: TokenSource = served.batcher.stream  # shared decode loop; beams run on their own
-    if body.num_beams and body.num_beams > 1:
-        source = beams(served.lm, body.num_beams, body.length_penalty or 1.0)
+    source: TokenSource = served.batcher.stream  # the shared decode loop
+    if body.num_beams and body.num_beams > 1:  # beams run on their own, on the loop's rows
+        penalty = 1.0 if body.length_penalty is None else body.length_penalty  # 0 is a value
+        source = beams(served.lm, body.num_beams, penalty, served.batcher)
     try:
         gen = reply(
             served.lm, prompt, limit, style.sampling(), top if wants_logprobs else None, source
@@ -536,20 +548,33 @@ async def answer(
     async def events() -> AsyncIterator[str]:
         if chat:  # the first chunk says who speaks
             yield event(choice(None) | {"delta": {"role": "assistant", "content": ""}})
-        # Each piece is waited for in a worker thread: a client that goes away cancels this
-        # between pieces, and its row leaves the batch at the next token.
+        # Each piece is waited for in a worker thread. A client that goes away cancels the
+        # wait at once (the thread is left to end by itself): its request leaves the queue,
+        # or its row the batch at the next token.
         pieces, said, sent = gen.pieces(), [], 0
         try:
-            while (piece := await run_in_threadpool(next_text, gen, pieces)) is not None:
+            while (
+                piece := await anyio.to_thread.run_sync(
+                    next_text, gen, pieces, abandon_on_cancel=True
+                )
+            ) is not None:
                 said.append(piece)
                 # A chunk's log-probs: the tokens drawn since the chunk before.
                 yield event(choice(piece, logprobs=logprobs_since(sent)))
                 sent = len(gen.tokens)
+        except Exception as error:  # the decode loop failed mid-reply: the headers are sent,
+            # so the stream says so (the openai client raises it) instead of just stopping
+            yield event(error={"message": f"generation failed: {error}", "type": "server_error"})
+            yield "data: [DONE]\n\n"
+            return
         finally:
             gen.cancel()
             with contextlib.suppress(ValueError):  # still running in its thread: it ends there
                 pieces.close()
-            remember("".join(said))  # also what a client that left was sent
+            # What was sent, also to a client that left; in a thread: a database write
+            # must not hold up the event loop (and cannot be awaited once cancelled).
+            remembered = asyncio.get_running_loop().run_in_executor(None, remember, "".join(said))
+        await remembered  # before the end: the conversation's next message may recall it
         yield event(choice(None, gen.finish_reason, logprobs_since(sent)))
         if usage:
             yield event(usage=gen.usage())
@@ -683,7 +708,17 @@ def create_app(
     whose passages go into chat prompts and come back as each reply's `sources`. `memory`:
     where requests with a `conversation_id` keep their turns. `max_batch` replies decode
     together; `max_waiting` more may queue, and past that a request gets 429."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # A reply waits in a worker thread (queued or decoding) for its whole life: anyio's
+        # 40 threads would queue requests the batcher admits, where they get no 429.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, max_batch + max_waiting + 16)
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="bardlet",
         version="1",
         description="OpenAI-compatible API for a small GPT trained from scratch with bardlet.",
