@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 
@@ -121,12 +122,16 @@ def generate(
     lm = _load(model)
     chosen = _style(lm, style, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     source = beams(lm, num_beams, length_penalty) if num_beams > 1 else None
-    if as_chat:
-        ids = render_prompt(lm.tokenizer, [{"role": "user", "content": prompt}], chosen.system)
-        generation = reply(lm, ids, max_new_tokens, chosen.sampling(), stream=source)
-    else:
-        settings = chosen.sampling()
-        generation = continue_text(lm, prompt, max_new_tokens, settings, not ignore_end, source)
+    try:
+        if as_chat:
+            messages = [{"role": "user", "content": prompt}]
+            ids = render_prompt(lm.tokenizer, messages, chosen.system)
+            generation = reply(lm, ids, max_new_tokens, chosen.sampling(), stream=source)
+        else:
+            settings = chosen.sampling()
+            generation = continue_text(lm, prompt, max_new_tokens, settings, not ignore_end, source)
+    except ValueError as error:  # a prompt longer than the context
+        _fail(error)
     sys.stdout.write(generation.text() + "\n")
 
 
@@ -196,7 +201,10 @@ def serve(
             "slower connections are closed (a slow client cannot hold a socket forever).",
         ),
     ] = READ_TIMEOUT,
-    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_level: Annotated[
+        Literal["critical", "error", "warning", "info", "debug", "trace"],
+        typer.Option("--log-level", case_sensitive=False),
+    ] = "info",
     batch: Annotated[
         int,
         typer.Option("--batch", min=1, help="Replies decoded together (continuous batching)."),
@@ -260,13 +268,15 @@ def index(
     ] = ONNX_MODEL.parent,
     passage_tokens: Annotated[int, typer.Option("--passage-tokens", min=8)] = 48,
     overlap: Annotated[int, typer.Option("--overlap", min=0)] = 8,
-    max_mb: Annotated[float, typer.Option("--max-mb", min=0, help="Skip bigger files.")] = 20,
+    max_mb: Annotated[float, typer.Option("--max-mb", min=0.01, help="Skip bigger files.")] = 20,
 ) -> None:
     """Index documents for `chat --docs` and `serve --docs`: passages in SQLite full-text
     search (BM25). Run it again after editing: only changed files are read again."""
     from bardlet.retrieval.index import build_index
     from bardlet.tokenizer import load_tokenizer
 
+    if not model.exists():
+        _fail(f"no model at {model}: give --model the exported model's folder (models/onnx)")
     folder = model if model.is_dir() else model.parent
     try:
         tokenizer = load_tokenizer(folder)
@@ -281,6 +291,8 @@ def index(
         )
     except (FileNotFoundError, ValueError) as error:
         _fail(error)
+    except sqlite3.DatabaseError as error:  # --out is some other file, or a folder
+        _fail(f"cannot keep the index in {out} ({error}): give --out a new file or an index")
     typer.echo(f"{out}: {report.summary()}")
 
 

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from bardlet.defaults import UserError
+from bardlet.defaults import DEFAULT_SPECIAL_TOKENS, UserError
 
 PARAMS_FILE = Path("params.yaml")
 MAX_STOP = 4  # stop strings per request, as OpenAI allows
@@ -181,6 +181,25 @@ class TokenizerParams(Section):
     # Training reads at most this many characters, an even sample of all the training text
     # (the default data is about 2.5 million): a big corpus does not make it slow or huge.
     sample_chars: StrictInt = Field(ge=10_000)
+
+    @model_validator(mode="after")
+    def _fits(self) -> TokenizerParams:
+        twice = sorted({t for t in self.special_tokens if self.special_tokens.count(t) > 1})
+        if twice:
+            raise ValueError(f"special_tokens lists {twice} twice: each name once")
+        missing = [t for t in DEFAULT_SPECIAL_TOKENS if t not in self.special_tokens]
+        if missing:
+            raise ValueError(
+                f"special_tokens lacks {missing}: the chat template writes them; "
+                "add your own tokens after the six defaults"
+            )
+        if self.vocab_size < 256 + len(self.special_tokens):
+            raise ValueError(
+                f"vocab_size {self.vocab_size} leaves no room: 256 byte tokens and "
+                f"{len(self.special_tokens)} special tokens need at least "
+                f"{256 + len(self.special_tokens)}"
+            )
+        return self
 
 
 class ShardParams(Section):
@@ -388,7 +407,8 @@ class Params(Section):
     @model_validator(mode="after")
     def _teacher_fits(self) -> Params:
         self.teacher_training()  # its pretrain changes are valid pretrain settings
-        if self.teacher.model.block_size < self.model.block_size:
+        uses_teacher = self.distill.enabled and self.distill.teacher == "teacher"
+        if uses_teacher and self.teacher.model.block_size < self.model.block_size:
             raise ValueError(
                 f"teacher.model.block_size ({self.teacher.model.block_size}) must be at least "
                 f"model.block_size ({self.model.block_size}): the teacher reads the student's "
@@ -423,8 +443,11 @@ def _describe(error: ValidationError) -> str:
             lines.append(f"  {key}: unknown key (check the spelling; see README 'params.yaml')")
         elif e["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
+        elif isinstance(e.get("input"), dict):  # a check across keys: they are named
+            lines.append(f"  {key}: {e['msg']}")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            got = repr(e.get("input"))
+            lines.append(f"  {key}: {e['msg']} (got {got if len(got) <= 80 else got[:77] + '...'})")
     return "\n".join(lines)
 
 
@@ -445,6 +468,10 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ParamsError(f"{path} is not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ParamsError(
+            f"{path} is not UTF-8 text (byte {error.start}): save it as UTF-8"
+        ) from None
     return validate_params(raw, str(path))
 
 

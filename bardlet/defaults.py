@@ -19,6 +19,17 @@ HF_DIR = Path("models/hf")  # `bardlet export-hf` writes it, `bardlet push` uplo
 REPORTS = Path("reports")  # metrics.json, export.json, ...: dvc metrics and the report card
 PLOTS = REPORTS / "plots"  # training curves against steps (dvc plots)
 
+# The chat markers every bardlet tokenizer has (params.yaml tokenizer.special_tokens lists
+# them; a pretrained model's tokenizer gets those it lacks): the chat template writes them.
+DEFAULT_SPECIAL_TOKENS = (
+    "<|bos|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<|pad|>",
+)
+
 # The HTTP server (`bardlet serve --read-timeout`).
 READ_TIMEOUT = 10.0  # seconds a client may take to send the request head, and then the body
 

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from bardlet.config import ParamsError, load_params, validate_params
+from bardlet.defaults import DEFAULT_SPECIAL_TOKENS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,6 +53,32 @@ def test_vocab_out_of_range():
     raw["tokenizer"]["vocab_size"] = 100
     with pytest.raises(ParamsError, match=r"tokenizer\.vocab_size"):
         validate_params(raw)
+
+
+@pytest.mark.parametrize(
+    "special, message",
+    [
+        (["<|bos|>", "<|bos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"],
+         r"lists \['<\|bos\|>'\] twice"),
+        ([], r"lacks \['<\|bos\|>', '<\|system\|>'"),
+        (["<|bos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|pad|>"],
+         r"lacks \['<\|end\|>'\]: the chat template writes them"),
+        ([*DEFAULT_SPECIAL_TOKENS, "<|a|>", "<|b|>", "<|c|>", "<|d|>"],
+         r"vocab_size 262 leaves no room: .* at least 266"),
+    ],
+)  # fmt: skip
+def test_special_tokens_are_checked_before_the_tokenizer_stage(special, message):
+    raw = raw_params()
+    raw["tokenizer"].update(special_tokens=special, vocab_size=262)
+    with pytest.raises(ParamsError, match=r"tokenizer: .*" + message):
+        validate_params(raw)
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"\xff\xfe bad")
+    with pytest.raises(ParamsError, match="not UTF-8 text"):
+        load_params(path)
 
 
 def test_missing_file_says_where(tmp_path):
@@ -128,9 +155,13 @@ def test_the_teachers_changes_to_pretrain_are_checked_as_pretrain_settings():
 
 def test_a_teacher_must_read_the_students_windows_and_init_must_be_pretrained():
     raw = raw_params()
-    raw["teacher"]["model"]["block_size"] = raw["model"]["block_size"] // 2
-    with pytest.raises(ParamsError, match=r"teacher\.model\.block_size .* at least"):
+    raw["model"]["block_size"] = raw["teacher"]["model"]["block_size"] * 2
+    assert not raw["distill"]["enabled"]
+    validate_params(raw)  # no teacher is trained: its shape does not matter
+    raw["distill"]["enabled"] = True
+    with pytest.raises(ParamsError, match=r"teacher\.model\.block_size .* at least") as error:
         validate_params(raw)
+    assert "(got" not in str(error.value) and len(str(error.value)) < 300  # not the whole file
     raw = raw_params()
     raw["distill"]["teacher"] = "init"  # with init: scratch there is no pretrained model
     with pytest.raises(ParamsError, match=r"distill\.teacher is init but init is scratch"):

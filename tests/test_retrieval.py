@@ -366,3 +366,33 @@ def test_a_file_that_can_no_longer_be_read_leaves_the_index(documents, tmp_path)
     report = build_index(out, [documents], words_count, "tok", max_bytes=200)
     assert f"{documents.as_posix()}/sub/ships.md" in report.skipped["over 0.0002 MB"]
     assert Index(out).search("galleon") == []  # not the old text either
+
+
+def test_the_commands_name_bad_input_without_a_traceback(model_dir, tmp_path):
+    """What a user gets wrong on the command line: one `error:` line and exit code 2."""
+    from typer.testing import CliRunner
+
+    from bardlet.cli import app
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("one two three\n")
+    not_an_index = tmp_path / "notes.txt"
+    not_an_index.write_text("mine: keep me\n")
+    model = ["--model", str(model_dir)]
+    cases = {
+        ("index", str(docs), "--out", str(not_an_index), *model): "give --out a new file",
+        ("index", str(docs), "--out", str(tmp_path), *model): "give --out a new file",
+        ("index", str(docs), "--model", str(tmp_path / "nope")): "no model at",
+        ("generate", "the king is dead. " * 200, *model): "tokens but the model's context is",
+        ("generate", "hi", "--chat", "-n", "5", *model, "--beams", "2"): None,  # fine
+        ("serve", *model, "--log-level", "bogus"): "'bogus' is not one of",
+    }
+    for args, message in cases.items():
+        result = CliRunner().invoke(app, list(args))
+        if message is None:
+            assert result.exit_code == 0, result.output
+            continue
+        assert result.exit_code == 2, (args[:2], result.output)
+        assert message in result.output and result.exception.__class__.__name__ == "SystemExit"
+    assert not_an_index.read_text() == "mine: keep me\n"  # nothing lost

@@ -31,6 +31,7 @@ from typing import Any
 
 import regex
 
+from bardlet.defaults import DEFAULT_SPECIAL_TOKENS
 from bardlet.files import write_text_atomic
 
 # The GPT-4 (cl100k) pre-tokenizer pattern. Alternatives, tried left to right at each position:
@@ -64,15 +65,6 @@ _ASCII_FAST_PATTERNS = {GPT4_PATTERN: re.compile(_GPT4_PATTERN_ASCII, re.ASCII)}
 # `Tokenizer.train` still takes any pattern for experiments in memory, but `save` refuses to write
 # one that `load` would refuse. Add a pattern here only when bardlet itself starts writing it.
 KNOWN_PATTERNS = frozenset({GPT4_PATTERN})
-
-DEFAULT_SPECIAL_TOKENS = (
-    "<|bos|>",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|end|>",
-    "<|pad|>",
-)
 
 FORMAT_NAME = "bardlet-bpe"
 FORMAT_VERSION = 1
