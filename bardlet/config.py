@@ -167,6 +167,13 @@ class PrepareParams(Section):
 
     @model_validator(mode="after")
     def _names_differ(self) -> PrepareParams:
+        builtin = {"tinyshakespeare", "oasst1"}
+        for key, own in (("corpus", self.corpus), ("chats", self.chats), ("prefs", self.prefs)):
+            taken = sorted({s.label for s in own if not isinstance(s, str)} & builtin)
+            if taken:  # its rows would mix with the built-in source's
+                raise ValueError(
+                    f"{key}: {taken} names a built-in source: give yours another `name`"
+                )
         for key, sources in (("corpus", self.corpus), ("chats", self.chats)):
             names = [s if isinstance(s, str) else s.label for s in sources]
             twice = sorted({n for n in names if names.count(n) > 1})

@@ -310,6 +310,10 @@ def test_own_sources_must_live_in_data_own_and_have_distinct_names():
     twice = [{"path": "data/own/a/x.txt"}, {"path": "data/own/b/x.txt", "name": "a_x.txt"}]
     with pytest.raises(ParamsError, match=r"two sources named \['a_x.txt'\]"):
         validate_params(params_with(corpus=twice))
+    for key in ("corpus", "chats", "prefs"):  # its rows would mix with the built-in's
+        named = [{"path": "data/own/mine.jsonl", "name": "oasst1"}]
+        with pytest.raises(ParamsError, match=rf"{key}: \['oasst1'\] names a built-in source"):
+            validate_params(params_with(**{key: named}))
     with pytest.raises(ParamsError, match=r"corpus\.0\..*format"):
         validate_params(params_with(corpus=[{"path": "data/own/x", "format": "csv"}]))
     with pytest.raises(ParamsError, match=r"weight"):

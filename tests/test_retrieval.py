@@ -196,6 +196,10 @@ def test_files_over_the_size_bound_and_bad_index_files_are_named(documents, tmp_
     big.write_text("word " * 1000)
     report = build_index(tmp_path / "i.sqlite", [big], words_count, "tok", max_bytes=100)
     assert report.skipped == {"over 0.0001 MB": [big.as_posix()]}
+    indexed = build_index(tmp_path / "i.sqlite", [big], words_count, "tok")
+    assert (indexed.added, indexed.removed) == (1, 0)
+    shrunk = build_index(tmp_path / "i.sqlite", [big], words_count, "tok", max_bytes=100)
+    assert shrunk.removed == 1 and "1 removed" in shrunk.summary()  # it left the index: said
     not_index = tmp_path / "notes.sqlite"
     sqlite3.connect(not_index).execute("CREATE TABLE t (x)").connection.commit()
     with pytest.raises(ValueError, match="is not a bardlet index"):

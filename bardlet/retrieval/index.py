@@ -168,6 +168,7 @@ def build_index(
                     report.skipped.setdefault(str(why), []).append(name)
                     if name in known:
                         _forget(connection, name)
+                        report.removed += 1  # said: the summary must not read "0 removed"
                     continue
                 report.bytes_read += len(data)
                 rows = [
