@@ -116,7 +116,10 @@ def test_bad_conversations_are_left_out_and_counted_by_reason(tmp_path):
          r"line 1: expected a record of format openai, like"),
         ('{"text": "hello"}\n', "auto", r"line 1: not a chat format bardlet knows.*`format`"),
         ("Hello there\n<|user|> hi\n", "text", r"line 1: text before the first <\|user\|>"),
-        ('{"message_id": 1}\n', "oasst", r"no line is an OASST message"),
+        ('{"message_id": 1}\n', "oasst", r"1 of 1 lines are not OASST messages"),
+        ('{"message_id": "a", "parent_id": null, "message_tree_id": "a", "role": "prompter", '
+         '"text": "hi", "lang": "en"}\n[1, 2]\n{"broken\n', "oasst",
+         r"mine\.jsonl: 2 of 3 lines are not OASST messages .*: fix them"),
         ('[{"conversations": [}]', "sharegpt", r"line 1: not JSON"),
     ],
 )  # fmt: skip

@@ -56,10 +56,11 @@ def read_chats(
             messages, stats = read_messages(path, lang=oasst_lang)
         except ValueError as error:
             raise DataFileError(str(error)) from None
-        if stats.lines and stats.malformed_lines == stats.lines:
+        if stats.malformed_lines:  # a few bad lines: a broken file, not a choice to skip them
             raise DataFileError(
-                f"{path}: no line is an OASST message (message_id, parent_id, "
-                "message_tree_id, role, text): set the source's `format`"
+                f"{path}: {stats.malformed_lines} of {stats.lines} lines are not OASST messages "
+                "(message_id, parent_id, message_tree_id, role, text, each of its type): fix "
+                "them, or set the source's `format` if the file is another kind"
             )
         for conversation in build_conversations(messages, mode=oasst_mode):
             yield conversation["id"], conversation["messages"]
