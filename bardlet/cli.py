@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import sys
 from pathlib import Path
@@ -119,6 +120,8 @@ def generate(
     from bardlet.runtime.conversation import reply
     from bardlet.runtime.generation import continue_text
 
+    if not math.isfinite(length_penalty):
+        _fail(f"--length-penalty must be a number, not {length_penalty}")
     lm = _load(model)
     chosen = _style(lm, style, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     source = beams(lm, num_beams, length_penalty) if num_beams > 1 else None

@@ -219,7 +219,7 @@ class ModelParams(Section):
     n_head: Count
     n_embd: StrictInt = Field(ge=8)
     block_size: StrictInt = Field(ge=8)
-    mlp_ratio: float = Field(gt=0)
+    mlp_ratio: float = Field(gt=0, allow_inf_nan=False)
     dropout: float = Field(ge=0, lt=1)
     tie_embeddings: Switch
 

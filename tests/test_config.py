@@ -117,6 +117,7 @@ def test_chat_styles_are_checked():
         ("sft", "batch_size", 8.5),
         ("model", "n_layer", 0),
         ("model", "dropout", 1.0),
+        ("model", "mlp_ratio", float("inf")),  # YAML's .inf: no model has infinite width
         ("export", "int8", "yes"),
         ("evaluate", "seed", -1),
     ],

@@ -391,6 +391,7 @@ def test_the_commands_name_bad_input_without_a_traceback(model_dir, tmp_path):
         ("generate", "the king is dead. " * 200, *model): "tokens but the model's context is",
         ("generate", "hi", "--chat", "-n", "5", *model, "--beams", "2"): None,  # fine
         ("serve", *model, "--log-level", "bogus"): "'bogus' is not one of",
+        ("generate", "hi", "--beams", "2", "--length-penalty", "nan", *model): "not nan",
     }
     for args, message in cases.items():
         result = CliRunner().invoke(app, list(args))
