@@ -178,8 +178,6 @@ class Chat:
         path = Path(path)
         if path.is_dir():
             raise ValueError(f"{path} is a folder: name a file in it, e.g. {path / 'chat.json'}")
-        if not path.parent.is_dir():
-            raise ValueError(f"there is no folder {path.parent}: make it first, or save elsewhere")
         try:
             write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n")
         except OSError as error:
