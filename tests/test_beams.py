@@ -196,9 +196,12 @@ def test_beams_hold_batch_rows_and_give_them_back(lm):
     search = source(prompt, 8, GREEDY, (), None)
     with pytest.raises(Busy):
         beams(lm, 2, batcher=batcher)(prompt, 8, GREEDY, (), None)
-    first = batcher.stream(prompt, 2, GREEDY)  # the fourth row still fits
-    with pytest.raises(Busy):
-        batcher.stream(prompt, 2, GREEDY)
+    # Hold the decode loop at the door: under load `first` could otherwise end its two
+    # tokens before the next request asks, and free its row again.
+    with batcher._wake:
+        first = batcher.stream(prompt, 2, GREEDY)  # the fourth row still fits
+        with pytest.raises(Busy):
+            batcher.stream(prompt, 2, GREEDY)
     assert len(list(first)) == 2
     assert len(list(search)) == 8  # the search ran and ended: its rows are free again
     unread = source(prompt, 8, GREEDY, (), None)
