@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -140,9 +140,9 @@ def _kind(value: Any) -> str:
 
 
 # A source is a built-in name or a mapping: told apart first, so an error speaks of one only.
+BuiltinCorpus = Literal["tinyshakespeare", "oasst1"]
 Corpus = Annotated[
-    Annotated[Literal["tinyshakespeare", "oasst1"], Tag("builtin")]
-    | Annotated[CorpusSource, Tag("own")],
+    Annotated[BuiltinCorpus, Tag("builtin")] | Annotated[CorpusSource, Tag("own")],
     Discriminator(_kind),
 ]
 Chats = Annotated[
@@ -167,7 +167,7 @@ class PrepareParams(Section):
 
     @model_validator(mode="after")
     def _names_differ(self) -> PrepareParams:
-        builtin = {"tinyshakespeare", "oasst1"}
+        builtin = set(get_args(BuiltinCorpus))
         for key, own in (("corpus", self.corpus), ("chats", self.chats), ("prefs", self.prefs)):
             taken = sorted({s.label for s in own if not isinstance(s, str)} & builtin)
             if taken:  # its rows would mix with the built-in source's

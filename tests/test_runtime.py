@@ -10,6 +10,8 @@ import onnx
 import pytest
 import torch
 from conftest_server import build_marker_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bardlet.data.loaders import TokenWindows
 from bardlet.evaluation import measure
@@ -18,7 +20,7 @@ from bardlet.model import GPT, GPTConfig
 from bardlet.runtime.evaluate import measure_onnx_bpb
 from bardlet.runtime.generation import Generation, continue_text, stop_cut
 from bardlet.runtime.sampling import Sampling, penalize, sample
-from bardlet.runtime.session import OnnxLM
+from bardlet.runtime.session import OnnxLM, PromptLookup
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,6 +212,102 @@ def test_repetition_penalty_changes_a_greedy_reply(lm):
     penalized = list(lm.stream(ids, 30, Sampling(temperature=0, repetition_penalty=5.0)))
     assert plain != penalized
     assert len(set(penalized)) >= len(set(plain))
+
+
+# ------------------------------------------------------------------ prompt lookup
+
+
+def passes(lm: OnnxLM, monkeypatch) -> list[int]:
+    """Counts the model's forward passes (each call appends the positions it fed)."""
+    fed: list[int] = []
+    forward = lm.forward
+    monkeypatch.setattr(
+        lm, "forward", lambda ids, past: fed.append(ids.shape[1]) or forward(ids, past)
+    )
+    return fed
+
+
+SETTINGS = {
+    "greedy": Sampling(temperature=0),
+    "greedy-penalty": Sampling(temperature=0, repetition_penalty=1.3),
+    "seeded": Sampling(temperature=0.8, top_k=20, seed=3),
+    "hot": Sampling(temperature=1.5, seed=11),
+}
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_checking_guessed_tokens_changes_no_token_and_no_score(lm, name, monkeypatch):
+    """The same tokens, random draws and scores as one token a pass, in fewer passes. The
+    guesses here know the reply, except every third guessed token, which is wrong: so passes
+    end both ways (a wrong guess, or every guess right)."""
+    settings = SETTINGS[name]
+    prompt = lm.tokenizer.encode("ROMEO: what light? ROMEO: what light? ROMEO: what")
+    plain_scores: list[np.ndarray] = []
+    lm.lookup_tokens = 0
+    plain = list(lm.stream(prompt, 40, settings, scores=plain_scores))
+    lm.lookup_tokens = 8
+
+    def knowing(self: PromptLookup, count: int) -> list[int]:
+        made = len(self.ids) - len(prompt)
+        right = plain[made : made + count]
+        return [t if (made + i) % 3 else (t + 1) % lm.vocab_size for i, t in enumerate(right)]
+
+    monkeypatch.setattr(PromptLookup, "guess", knowing)
+    fed = passes(lm, monkeypatch)
+    scores: list[np.ndarray] = []
+    guessed = list(lm.stream(prompt, 40, settings, scores=scores))
+    assert guessed == plain
+    assert len(scores) == len(plain_scores) == len(plain) > 20
+    assert max(np.abs(a - b).max() for a, b in zip(scores, plain_scores, strict=True)) < 1e-4
+    assert len(fed) <= len(plain) // 2  # about three tokens a pass
+
+
+def test_a_greedy_reply_that_repeats_itself_takes_fewer_passes(lm, monkeypatch):
+    """The real guesses, on a random model whose greedy reply loops."""
+    prompt = lm.tokenizer.encode("ROMEO: what light? ROMEO: what light? ROMEO: what")
+    lm.lookup_tokens = 0
+    plain = list(lm.stream(prompt, 40, Sampling(temperature=0)))
+    lm.lookup_tokens = 8
+    fed = passes(lm, monkeypatch)
+    assert list(lm.stream(prompt, 40, Sampling(temperature=0))) == plain
+    assert len(fed) < len(plain) / 2
+
+
+def test_a_wrong_guess_leaves_no_trace_in_the_cache(lm, monkeypatch):
+    """A guess that is never right: every pass feeds guesses, and every one is thrown away."""
+    prompt = lm.tokenizer.encode("ROMEO: ")
+    lm.lookup_tokens = 0
+    plain = list(lm.stream(prompt, 30, Sampling(temperature=0)))
+    lm.lookup_tokens = 4
+    monkeypatch.setattr(PromptLookup, "guess", lambda self, count: [0] * count)
+    fed = passes(lm, monkeypatch)
+    try:
+        assert list(lm.stream(prompt, 30, Sampling(temperature=0))) == plain
+    finally:
+        lm.lookup_tokens = 8
+    # The prompt's pass guesses 4; each wrong guess shrinks the next by one, down to one.
+    assert fed[:5] == [len(prompt) + 4, 4, 3, 2, 2] and len(fed) == 30
+
+
+@given(st.lists(st.integers(0, 3), max_size=40), st.integers(0, 6))
+@settings(max_examples=300, deadline=None)
+def test_prompt_lookup_copies_what_followed_the_latest_longest_match(ids, count):
+    lookup = PromptLookup(ids[:5])
+    for token in ids[5:]:
+        lookup.append(token)
+    guess = lookup.guess(count)
+    matches = [  # (run length, start of what followed it) for every earlier copy of the end
+        (size, end)
+        for size in (3, 2, 1)
+        for end in range(size, len(ids))
+        if ids[end - size : end] == ids[len(ids) - size :]
+    ]
+    if count == 0 or not matches:
+        assert guess == []
+        return
+    size, start = max(matches)  # the longest run first, then the latest copy of it
+    looped = ids + ids[start:] * count  # past the end, the copy repeats itself
+    assert guess == looped[start : start + count]
 
 
 # ------------------------------------------------------------------ int8 and bits per byte

@@ -85,11 +85,13 @@ class OnnxLM:
         threads: int = 0,
         tokenizer_path: str | Path | None = None,
         spin: bool = False,
+        lookup_tokens: int = 8,
     ) -> None:
         model_path = Path(model_path)
         if model_path.is_dir():
             model_path = model_path / "model.onnx"
         self.path = model_path
+        self.lookup_tokens = lookup_tokens  # guessed tokens checked per pass (0 = none)
         self.session, self.info = open_session(model_path, threads, spin)
         config = self.info["model"]
         self.n_layer: int = config["n_layer"]
@@ -148,7 +150,19 @@ class OnnxLM:
         scores: list[np.ndarray] | None = None,
     ) -> Generator[int, None, None]:
         """Yield new token ids one by one until a stop id, max_new_tokens or the context end.
-        `scores`: a list that gets each step's logits (vocab,) before the token is drawn."""
+        `scores`: a list that gets each step's logits (vocab,) before the token is drawn.
+
+        With `self.lookup_tokens` > 0 each step also feeds up to that many guessed tokens
+        (`PromptLookup`: what followed the last few tokens where they appeared before) and
+        checks them all in the same pass: the token drawn at each position is the one the
+        plain loop would draw, and while it equals the guess, the next position's logits are
+        the right ones too. So the tokens, the random draws and the scores are those of one
+        token a step; only the number of passes changes (one pass reads the weights once,
+        whatever its length, and the per-call cost is most of a step here). Each guessed
+        position costs about 15% of a step, so the number guessed follows how they fare:
+        2 more after a pass whose guesses were all right, 1 fewer after a wrong one (Hugging
+        Face's schedule for assisted generation); sampled replies, whose guesses are rarely
+        right, settle at 1."""
         self.check_prompt(prompt)
         rng = np.random.default_rng(settings.seed)
         budget = min(max_new_tokens, self.block_size - len(prompt))
@@ -156,16 +170,69 @@ class OnnxLM:
         # Tokens the repetition penalty sees: the prompt and the reply, never the stop ids
         # (penalising <|end|> because earlier turns ended with it would make replies ramble).
         history = [t for t in prompt if t not in stop_ids] if penalize else []
-        ids = np.array([prompt], dtype=np.int64)
-        past = self.empty_cache()
-        for _ in range(budget):
-            logits, past = self.forward(ids, past)
-            if scores is not None:
-                scores.append(logits[0, -1].copy())  # not a view of every position's logits
-            next_id = sample(logits[0, -1], settings, rng, history)
-            if next_id in stop_ids:
-                return
-            yield next_id
-            if penalize:
-                history.append(next_id)
-            ids = np.array([[next_id]], dtype=np.int64)
+        lookup = PromptLookup(prompt)
+        feed, past, made = list(prompt), self.empty_cache(), 0
+        size = self.lookup_tokens
+        while made < budget:
+            guess = lookup.guess(min(size, budget - made - 1))
+            logits, past = self.forward(np.array([feed + guess], dtype=np.int64), past)
+            fed = len(feed)  # positions that hold the text so far; the guesses come after
+            for position in range(len(guess) + 1):
+                step = logits[0, fed - 1 + position]
+                if scores is not None:
+                    scores.append(step.copy())  # not a view of every position's logits
+                next_id = sample(step, settings, rng, history)
+                if next_id in stop_ids:
+                    return
+                yield next_id
+                made += 1
+                lookup.append(next_id)
+                if penalize:
+                    history.append(next_id)
+                if position == len(guess) or next_id != guess[position]:
+                    break
+            if guess:  # guess more after a pass whose guesses were all right, else fewer
+                right = position == len(guess)
+                size = min(self.lookup_tokens, size + 2) if right else max(1, size - 1)
+            # Keep the cache of the guesses that were right; the rest never happened.
+            kept = past[0].shape[2] - len(guess) + position
+            if kept < past[0].shape[2]:
+                past = [layer[:, :, :kept] for layer in past]
+            feed = [next_id]
+
+
+class PromptLookup:
+    """Guesses what comes next by copying: finds the last `longest` (then fewer) tokens earlier
+    in the text and proposes what followed them there ("prompt lookup decoding", as in
+    Hugging Face's `prompt_lookup_num_tokens` and vLLM's n-gram speculator). Free to make: a
+    table from each short run of tokens to where it last ended, kept up to date per token."""
+
+    def __init__(self, ids: Sequence[int], longest: int = 3) -> None:
+        self.ids: list[int] = []
+        self.sizes = range(longest, 0, -1)
+        self.ends: dict[tuple[int, ...], int] = {}  # a run of tokens -> the index after it
+        for token in ids:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        # The run that ends here is followed by `token`: remember where, before adding it.
+        end = len(self.ids)
+        for size in self.sizes:
+            if end >= size:
+                self.ends[tuple(self.ids[end - size :])] = end
+        self.ids.append(token)
+
+    def guess(self, count: int) -> list[int]:
+        """`count` tokens that followed the latest copy of the longest run at the text's end."""
+        if count <= 0:
+            return []
+        for size in self.sizes:
+            start = self.ends.get(tuple(self.ids[-size:])) if len(self.ids) >= size else None
+            if start is not None:
+                # Past the end the copy reads its own output: a loop goes on looping.
+                guess = self.ids[start : start + count]
+                period = len(self.ids) - start
+                while len(guess) < count:
+                    guess.append(guess[-period])
+                return guess
+        return []
