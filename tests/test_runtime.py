@@ -230,14 +230,13 @@ def passes(lm: OnnxLM, monkeypatch) -> list[int]:
 SETTINGS = {
     "greedy": Sampling(temperature=0),
     "greedy-penalty": Sampling(temperature=0, repetition_penalty=1.3),
-    "seeded": Sampling(temperature=0.8, top_k=20, seed=3),
-    "hot": Sampling(temperature=1.5, seed=11),
+    "greedy-top-k": Sampling(temperature=0, top_k=3, stop=("xyz",)),
 }
 
 
 @pytest.mark.parametrize("name", SETTINGS)
 def test_checking_guessed_tokens_changes_no_token_and_no_score(lm, name, monkeypatch):
-    """The same tokens, random draws and scores as one token a pass, in fewer passes. The
+    """The same tokens and scores as one token a pass, in fewer passes. The
     guesses here know the reply, except every third guessed token, which is wrong: so passes
     end both ways (a wrong guess, or every guess right)."""
     settings = SETTINGS[name]
@@ -271,6 +270,14 @@ def test_a_greedy_reply_that_repeats_itself_takes_fewer_passes(lm, monkeypatch):
     fed = passes(lm, monkeypatch)
     assert list(lm.stream(prompt, 40, Sampling(temperature=0))) == plain
     assert len(fed) < len(plain) / 2
+
+
+def test_a_sampled_reply_guesses_nothing(lm, monkeypatch):
+    """At a style's temperature guesses are rarely right: one token a pass, as before."""
+    prompt = lm.tokenizer.encode("ROMEO: what light? ROMEO: what light? ROMEO: what")
+    fed = passes(lm, monkeypatch)
+    reply = list(lm.stream(prompt, 30, Sampling(temperature=0.7, top_k=40, seed=1)))
+    assert fed == [len(prompt)] + [1] * (len(reply) - 1)
 
 
 def test_a_wrong_guess_leaves_no_trace_in_the_cache(lm, monkeypatch):

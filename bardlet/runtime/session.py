@@ -161,8 +161,8 @@ class OnnxLM:
         whatever its length, and the per-call cost is most of a step here). Each guessed
         position costs about 15% of a step, so the number guessed follows how they fare:
         2 more after a pass whose guesses were all right, 1 fewer after a wrong one (Hugging
-        Face's schedule for assisted generation); sampled replies, whose guesses are rarely
-        right, settle at 1."""
+        Face's schedule for assisted generation). Greedy replies only: a sampled reply at the
+        styles' temperatures copies earlier text too rarely to pay (BENCHMARKS.md)."""
         self.check_prompt(prompt)
         rng = np.random.default_rng(settings.seed)
         budget = min(max_new_tokens, self.block_size - len(prompt))
@@ -172,7 +172,7 @@ class OnnxLM:
         history = [t for t in prompt if t not in stop_ids] if penalize else []
         lookup = PromptLookup(prompt)
         feed, past, made = list(prompt), self.empty_cache(), 0
-        size = self.lookup_tokens
+        size = self.lookup_tokens if settings.temperature <= 0 else 0
         while made < budget:
             guess = lookup.guess(min(size, budget - made - 1))
             logits, past = self.forward(np.array([feed + guess], dtype=np.int64), past)
