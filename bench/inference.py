@@ -301,6 +301,68 @@ def step_breakdown(path: str, repeats: int) -> dict[str, Any]:
     }
 
 
+def lookup_spread(path: str, rounds: int) -> list[dict[str, Any]]:
+    """Prompt lookup beyond the one prompt: greedy, 192 new tokens after each of 10 prompts
+    (64 tokens each, every 6,000 characters of the validation text), one token a pass and
+    with guesses, alternating, 1 thread; the best round of each. How much it gains depends on
+    how often the reply repeats earlier text, so this is the spread over different texts."""
+    from bardlet.runtime.sampling import Sampling
+    from bardlet.runtime.session import OnnxLM
+    from bardlet.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(ONNX_DIR / "bpe.json")
+    text = (REPO / "data" / "prepared" / "corpus" / "tinyshakespeare" / "val.txt").read_text()
+    bos = tokenizer.special_id("<|bos|>")
+    prompts = [
+        [bos, *tokenizer.encode(text[at : at + 1500])[: PROMPT_TOKENS - 1]]
+        for at in range(0, 60_000, 6_000)
+    ]
+    lms = {k: OnnxLM(path, threads=1, lookup_tokens=k) for k in (0, 8)}
+    greedy = Sampling(temperature=0)
+    seconds: dict[tuple[int, int], float] = {}
+    passes: dict[int, int] = {}
+    replies: dict[tuple[int, int], list[int]] = {}
+    for _ in range(rounds):
+        for i, prompt in enumerate(prompts):
+            for k, lm in lms.items():
+                forward, fed = lm.forward, []
+                lm.forward = lambda ids, past, f=forward, n=fed: n.append(1) or f(ids, past)  # type: ignore[method-assign]
+                start = time.perf_counter()
+                replies[(i, k)] = list(lm.stream(prompt, 192, greedy))
+                took = time.perf_counter() - start
+                lm.forward = forward  # type: ignore[method-assign]
+                seconds[(i, k)] = min(seconds.get((i, k), float("inf")), took)
+                passes[i] = len(fed) if k else passes.get(i, 0)
+    rows = []
+    for i in range(len(prompts)):
+        made = len(replies[(i, 0)])
+        rows.append(
+            {
+                "prompt": i,
+                "new_tokens": made,
+                "plain_tokens_per_s": made / seconds[(i, 0)],
+                "lookup_tokens_per_s": made / seconds[(i, 8)],
+                "speedup": seconds[(i, 0)] / seconds[(i, 8)],
+                "tokens_per_pass": made / passes[i],
+                "same_reply": replies[(i, 0)] == replies[(i, 8)],
+            }
+        )
+    total = {k: sum(seconds[(i, k)] for i in range(len(prompts))) for k in (0, 8)}
+    made = sum(r["new_tokens"] for r in rows)
+    rows.append(
+        {
+            "prompt": "all",
+            "new_tokens": made,
+            "plain_tokens_per_s": made / total[0],
+            "lookup_tokens_per_s": made / total[8],
+            "speedup": total[0] / total[8],
+            "tokens_per_pass": made / sum(passes.values()),
+            "same_reply": all(r["same_reply"] for r in rows),
+        }
+    )
+    return rows
+
+
 def make_prompt() -> list[int]:
     """<|bos|> + the first 63 tokens of Tiny Shakespeare's validation text."""
     from bardlet.tokenizer import Tokenizer
@@ -481,6 +543,17 @@ def markdown(result: dict[str, Any]) -> str:
         tables.append(common.rows_table(sets, columns, align="lr"))
     if "step_breakdown" in result:
         tables.append(breakdown_table(result["step_breakdown"]))
+    if "lookup_spread" in result:
+        columns = [
+            ("prompt (greedy, 1 thread)", "{prompt}"),
+            ("new tokens", "{new_tokens}"),
+            ("tokens/s, one a pass", "{plain_tokens_per_s:.0f}"),
+            ("tokens/s, prompt lookup", "{lookup_tokens_per_s:.0f}"),
+            ("speedup", "{speedup:.2f}x"),
+            ("tokens a pass", "{tokens_per_pass:.2f}"),
+            ("same reply", "{same_reply}"),
+        ]
+        tables.append(common.rows_table(result["lookup_spread"], columns, align="lr"))
     return "\n\n".join(tables)
 
 
@@ -533,6 +606,8 @@ def main() -> None:
         quality_result = quality(models[0], max_batches=2 if args.quick else None)
         print("a step's time: the graph alone, and by operator", flush=True)
         breakdown = step_breakdown(models[0]["onnx"], 100 if args.quick else 300)
+        print("prompt lookup over 10 prompts", flush=True)
+        spread = lookup_spread(models[0]["onnx"], 1 if args.quick else 3)
     import numpy
     import onnxruntime
     import torch
@@ -556,6 +631,7 @@ def main() -> None:
         "speedups": speedups(rows),
         "quality": quality_result,
         "step_breakdown": breakdown,
+        "lookup_spread": spread,
     }
     print()
     print(markdown(result))
