@@ -200,9 +200,16 @@ def test_flow_without_overrides_runs_each_stage_in_order_then_caches(prefect_ser
     # Without MLFLOW_TRACKING_URI the stages use the project's own store.
     assert info["tracking_uri"] == f"sqlite:///{toy.resolve() / 'mlflow.db'}"
 
-    second = pipeline(workdir=str(toy))
+    # Again, the way the README runs it: `python -m pipelines.flow`, which prints its result.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_server}
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.flow"],
+        cwd=toy, env=env, capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    second = json.loads(out.strip().splitlines()[-1])
+    assert list(second["stages"]) == ["download", "sft", "evaluate"]
     assert set(second["stages"].values()) == {"skipped (cached)"}
-    assert second["run_id"] == first["run_id"]
+    assert second["run_id"] == first["run_id"] and second["experiment"] is None
     git(toy, "add", "-A")  # dvc.lock, .gitignore files, reports: the baseline commit
     git(toy, "commit", "-qm", "baseline")
 

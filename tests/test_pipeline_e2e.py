@@ -758,14 +758,6 @@ def test_samples_are_what_generate_says_for_the_same_prompt(project):
         assert said.strip() == ("" if greedy == "(empty)" else greedy), prompt
 
 
-def test_prefect_flow_runs_the_stages_in_order(project):
-    out = run([sys.executable, "-m", "pipelines.flow"], project, timeout=300).stdout
-    result = json.loads(out.strip().splitlines()[-1])  # the flow prints its result as JSON
-    assert list(result["stages"]) == STAGES
-    assert set(result["stages"].values()) == {"skipped (cached)"}
-    assert result["experiment"] is None and len(result["run_id"]) == 32
-
-
 def test_dvc_remote_push_then_pull_in_a_fresh_clone(project, tmp_path):
     """The growth path's first step: a DVC remote (here a local folder; s3://, ssh://... the
     same way) and a git remote; a fresh clone gets data and models back with `dvc pull`."""
