@@ -159,7 +159,7 @@ class OnnxLM:
         the right ones too. So the tokens, the random draws and the scores are those of one
         token a step; only the number of passes changes (one pass reads the weights once,
         whatever its length, and the per-call cost is most of a step here). Each guessed
-        position costs about 15% of a step, so the number guessed follows how they fare:
+        position costs 5-12% of a step, so the number guessed follows how they fare:
         2 more after a pass whose guesses were all right, 1 fewer after a wrong one (Hugging
         Face's schedule for assisted generation). Greedy replies only: a sampled reply at the
         styles' temperatures copies earlier text too rarely to pay (BENCHMARKS.md)."""
