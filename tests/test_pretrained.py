@@ -79,6 +79,22 @@ def test_logits_equal_transformers(tmp_path, make, safe):
     assert ours.num_params() == theirs.num_parameters()
 
 
+@pytest.mark.parametrize("make", [gpt2, llama])
+def test_a_longer_context_is_capped_to_the_block_size_asked_for(tmp_path, make):
+    """The pretrain stage loads a checkpoint with params.yaml's model.block_size: GPT-2's
+    learned positions are cut to it, and the logits within it are transformers' own."""
+    theirs, folder = make(tmp_path)
+    randomize(theirs)
+    save(theirs, folder)
+    ours = GPT.from_pretrained(folder, block_size=16).eval()
+    assert ours.config.block_size == 16
+    ids = torch.randint(0, VOCAB, (1, 16))
+    with torch.no_grad():
+        assert (ours(ids)[0] - theirs(ids).logits).abs().max() < 1e-4
+        with pytest.raises(ValueError, match="exceed the model's context of 16"):
+            ours(torch.randint(0, VOCAB, (1, 17)))
+
+
 def test_llama_with_tied_embeddings_and_plain_attention(tmp_path):
     theirs, folder = llama(tmp_path, tie_word_embeddings=True, num_key_value_heads=4)
     randomize(theirs)
