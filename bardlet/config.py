@@ -15,6 +15,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -32,6 +33,17 @@ MAX_STOP = 4  # stop strings per request, as OpenAI allows
 Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 
 
+def _not_a_switch(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic reads true as 1.0; YAML's true/false is a switch
+        raise ValueError("expected a number, got true/false")
+    return value
+
+
+# A number: 0.7, 1 or 1e-3 (which YAML reads as text, and pydantic as the number), never a
+# switch: `temperature: true` is an error, not 1.0.
+Real = Annotated[float, BeforeValidator(_not_a_switch)]
+
+
 class Sampling(BaseModel):
     """How to pick each token (bardlet/runtime/sampling.py applies it); every field is checked
     when set. The defaults change nothing: the model's own distribution. A chat's actual
@@ -39,15 +51,13 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    temperature: float = Field(default=1.0, ge=0, le=2, description="0 = greedy")
+    temperature: Real = Field(default=1.0, ge=0, le=2, description="0 = greedy")
     top_k: StrictInt = Field(default=0, ge=0, description="keep the k most likely tokens (0 = all)")
-    top_p: float = Field(default=1.0, gt=0, le=1, description="keep the smallest set reaching p")
-    min_p: float = Field(
+    top_p: Real = Field(default=1.0, gt=0, le=1, description="keep the smallest set reaching p")
+    min_p: Real = Field(
         default=0.0, ge=0, lt=1, description="drop tokens below min_p x the top one"
     )
-    repetition_penalty: float = Field(
-        default=1.0, gt=0, le=10, description="> 1: avoid seen tokens"
-    )
+    repetition_penalty: Real = Field(default=1.0, gt=0, le=10, description="> 1: avoid seen tokens")
     seed: Seed | None = Field(default=None, description="the same seed gives the same text")
     stop: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
         default=(), max_length=MAX_STOP, description="the text ends before the first of these"
@@ -132,7 +142,7 @@ class ChatSource(OwnSource):
 class CorpusSource(OwnSource):
     format: CorpusFormat = "auto"
     column: str = "text"  # JSON lines and Parquet: the field that holds the text
-    weight: float = Field(default=1.0, gt=0, le=1000)  # x its share by size when sampling
+    weight: Real = Field(default=1.0, gt=0, le=1000)  # x its share by size when sampling
 
 
 def _kind(value: Any) -> str:
@@ -158,9 +168,9 @@ TAGS = {"builtin", "own"}  # left out of the key an error names
 
 class PrepareParams(Section):
     corpus: list[Corpus] = Field(min_length=1)
-    corpus_val_fraction: float = Field(gt=0, lt=1)
+    corpus_val_fraction: Real = Field(gt=0, lt=1)
     chats: list[Chats] = Field(min_length=1)
-    chats_val_percent: float = Field(gt=0, lt=100)
+    chats_val_percent: Real = Field(gt=0, lt=100)
     prefs: list[Prefs]  # preference pairs for the dpo stage: OASST1's rankings, your JSONL
     oasst_lang: str
     oasst_mode: Literal["best", "all"]
@@ -219,8 +229,8 @@ class ModelParams(Section):
     n_head: Count
     n_embd: StrictInt = Field(ge=8)
     block_size: StrictInt = Field(ge=8)
-    mlp_ratio: float = Field(gt=0, allow_inf_nan=False)
-    dropout: float = Field(ge=0, lt=1)
+    mlp_ratio: Real = Field(gt=0, allow_inf_nan=False)
+    dropout: Real = Field(ge=0, lt=1)
     tie_embeddings: Switch
 
     @model_validator(mode="after")
@@ -241,15 +251,15 @@ class TrainParams(Section):
     batch_size: Count
     grad_accum: Count
     # Above 1 no run of this model converges; a typo such as 1e6 would train on NaNs.
-    learning_rate: float = Field(gt=0, le=1)
+    learning_rate: Real = Field(gt=0, le=1)
     schedule: Literal["cosine", "wsd"]
-    decay_fraction: float = Field(gt=0, le=1, description="wsd: share of steps decaying")
-    min_lr_ratio: float = Field(ge=0, le=1)
+    decay_fraction: Real = Field(gt=0, le=1, description="wsd: share of steps decaying")
+    min_lr_ratio: Real = Field(ge=0, le=1)
     warmup_steps: StrictInt = Field(ge=0)
-    weight_decay: float = Field(ge=0, le=10)
-    grad_clip: float = Field(ge=0)
-    label_smoothing: float = Field(ge=0, lt=1)
-    ema_decay: float = Field(ge=0, lt=1, description="average the weights; 0 = off")
+    weight_decay: Real = Field(ge=0, le=10)
+    grad_clip: Real = Field(ge=0)
+    label_smoothing: Real = Field(ge=0, lt=1)
+    ema_decay: Real = Field(ge=0, lt=1, description="average the weights; 0 = off")
     eval_interval: Count
     eval_batches: Count
     log_interval: Count
@@ -263,8 +273,8 @@ class TrainParams(Section):
 
 class LoraParams(Section):
     rank: StrictInt = Field(ge=0, le=1024, description="0 = off: fine-tune every weight")
-    alpha: float = Field(gt=0, description="the update is scaled by alpha / rank")
-    dropout: float = Field(ge=0, lt=1, description="on the adapter's input while training")
+    alpha: Real = Field(gt=0, description="the update is scaled by alpha / rank")
+    dropout: Real = Field(ge=0, lt=1, description="on the adapter's input while training")
     targets: list[Literal["qkv", "proj", "gate", "up", "down"]] = Field(min_length=1)
 
 
@@ -276,13 +286,13 @@ class DpoParams(Section):
     """The optional dpo stage: preference tuning of the chat model (bardlet/training/dpo.py)."""
 
     enabled: Switch  # false: the stage only says so, and export takes models/chat
-    beta: float = Field(gt=0, le=10, description="how far from the reference the policy may go")
+    beta: Real = Field(gt=0, le=10, description="how far from the reference the policy may go")
     max_steps: Count
     batch_size: Count
-    learning_rate: float = Field(gt=0, le=1)
+    learning_rate: Real = Field(gt=0, le=1)
     warmup_steps: StrictInt = Field(ge=0)
-    weight_decay: float = Field(ge=0, le=10)
-    grad_clip: float = Field(ge=0)
+    weight_decay: Real = Field(ge=0, le=10)
+    grad_clip: Real = Field(ge=0)
     log_interval: Count
     seed: StrictInt
 
@@ -303,8 +313,8 @@ class DistillParams(Section):
     # teacher: models/teacher, trained by the teacher stage. init: the pretrained model of
     # `init` (models/base then holds it, and the tokenizer is its own).
     teacher: Literal["teacher", "init"]
-    alpha: float = Field(ge=0, le=1, description="the teacher's share of the loss")
-    temperature: float = Field(gt=0, le=100, description="softens both distributions")
+    alpha: Real = Field(ge=0, le=1, description="the teacher's share of the loss")
+    temperature: Real = Field(gt=0, le=100, description="softens both distributions")
 
 
 DOCS_FOLDERS = ("docs", "data/docs")  # the index stage's DVC deps: rag.docs must be inside
@@ -328,7 +338,7 @@ class RagParams(Section):
     docs: list[Annotated[str, AfterValidator(_check_docs_path)]] = Field(min_length=1)
     passage_tokens: StrictInt = Field(ge=8, le=1024)
     overlap: StrictInt = Field(ge=0)
-    max_file_mb: float = Field(gt=0)
+    max_file_mb: Real = Field(gt=0)
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> RagParams:
@@ -342,7 +352,7 @@ class EvaluateParams(Section):
     prompts: list[str]
     max_new_tokens: Count
     # The sampled replies in samples.md (the greedy ones need none).
-    temperature: float = Field(gt=0, le=2)
+    temperature: Real = Field(gt=0, le=2)
     top_k: StrictInt = Field(ge=0)
     seed: StrictInt = Field(ge=0)
     rouge_conversations: StrictInt = Field(ge=0)
@@ -354,9 +364,9 @@ class EvaluateParams(Section):
 class ExportParams(Section):
     opset: StrictInt = Field(ge=23)  # the graph uses opset 23's Attention and RotaryEmbedding
     parity_steps: Count
-    parity_tolerance: float = Field(gt=0)
+    parity_tolerance: Real = Field(gt=0)
     int8: Switch
-    int8_max_bpb_delta_percent: float = Field(gt=0)
+    int8_max_bpb_delta_percent: Real = Field(gt=0)
     bpb_batches: Count
 
 

@@ -99,6 +99,10 @@ def test_chat_styles_are_checked():
     with pytest.raises(ParamsError, match=r"chat\.styles\.terse\.top_p"):
         validate_params(raw)
     raw = raw_params()
+    raw["chat"]["styles"]["terse"]["temperature"] = True
+    with pytest.raises(ParamsError, match=r"chat\.styles\.terse\.temperature: .*expected a number"):
+        validate_params(raw)
+    raw = raw_params()
     raw["chat"]["styles"]["terse"]["colour"] = "grey"
     with pytest.raises(ParamsError, match=r"chat\.styles\.terse\.colour: unknown key"):
         validate_params(raw)
@@ -114,6 +118,8 @@ def test_chat_styles_are_checked():
         ("pretrain", "learning_rate", 1e6),  # diverges into NaN at once
         ("pretrain", "learning_rate", 0),
         ("pretrain", "max_steps", True),  # a YAML `true` is not the number 1
+        ("pretrain", "learning_rate", True),  # nor is it 1.0
+        ("evaluate", "temperature", True),
         ("sft", "batch_size", 8.5),
         ("model", "n_layer", 0),
         ("model", "dropout", 1.0),
@@ -127,6 +133,14 @@ def test_absurd_values_are_refused_with_the_key(section, key, value):
     raw[section][key] = value
     with pytest.raises(ParamsError, match=rf"{section}\.{key}"):
         validate_params(raw)
+
+
+def test_a_number_yaml_reads_as_text_is_still_a_number():
+    """YAML 1.1 reads `1e-3` (no dot) as text: it must still be the learning rate 0.001."""
+    raw = raw_params()
+    raw["pretrain"]["learning_rate"] = yaml.safe_load("x: 1e-3")["x"]
+    assert raw["pretrain"]["learning_rate"] == "1e-3"
+    assert validate_params(raw).pretrain.learning_rate == 0.001
 
 
 def test_every_value_lives_in_params_yaml():
