@@ -280,6 +280,15 @@ def test_a_sampled_reply_guesses_nothing(lm, monkeypatch):
     assert fed == [len(prompt)] + [1] * (len(reply) - 1)
 
 
+def test_an_int8_graph_guesses_nothing(exported, monkeypatch):
+    """Its activations are quantized per pass: more positions, other logits."""
+    int8 = OnnxLM(exported[0] / "model.int8.onnx", threads=1)
+    prompt = int8.tokenizer.encode("ROMEO: what light? ROMEO: what light? ROMEO: what")
+    fed = passes(int8, monkeypatch)
+    reply = list(int8.stream(prompt, 30, Sampling(temperature=0)))
+    assert int8.lookup_tokens == 0 and fed == [len(prompt)] + [1] * (len(reply) - 1)
+
+
 def test_a_wrong_guess_leaves_no_trace_in_the_cache(lm, monkeypatch):
     """A guess that is never right: every pass feeds guesses, and every one is thrown away."""
     prompt = lm.tokenizer.encode("ROMEO: ")

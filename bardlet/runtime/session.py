@@ -91,8 +91,11 @@ class OnnxLM:
         if model_path.is_dir():
             model_path = model_path / "model.onnx"
         self.path = model_path
-        self.lookup_tokens = lookup_tokens  # guessed tokens checked per pass (0 = none)
         self.session, self.info = open_session(model_path, threads, spin)
+        # Guessed tokens checked per pass (0 = none). Not for an int8 graph: it quantizes a
+        # pass's activations with one scale for all its positions, so a pass of several
+        # positions would not give the logits of one position, and the reply would change.
+        self.lookup_tokens = 0 if self.info.get("quantization") else lookup_tokens
         config = self.info["model"]
         self.n_layer: int = config["n_layer"]
         self.cache_heads, self.head_dim = cache_shape(config)
