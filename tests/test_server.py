@@ -594,6 +594,38 @@ def test_a_reply_that_fails_mid_stream_says_so_in_the_stream(lm, monkeypatch):
     assert after.endswith("data: [DONE]\n\n") and "error" not in after  # the loop goes on
 
 
+def test_text_made_before_a_failure_comes_before_the_error(lm):
+    """Under load a stream's event joins every token already made; when the decode loop
+    failed right after them, the joined text still goes out, and then the error."""
+    from bardlet.server.app import coalesced
+
+    made = lm.tokenizer.encode(" good morrow")
+
+    class AllMadeThenFailed:
+        def __init__(self, *_: object) -> None:
+            self.left = list(made)
+
+        def __iter__(self):
+            return self
+
+        def __next__(self) -> int:
+            if self.left:
+                return self.left.pop(0)
+            raise RuntimeError("the graph broke")
+
+        def ready(self) -> bool:
+            return True  # every token is made before the stream reads the first
+
+        def close(self) -> None:
+            pass
+
+    gen = Generation(lm, [1], 10, Sampling(temperature=0), stream=AllMadeThenFailed)
+    pieces = coalesced(gen)
+    assert next(pieces) == " good morrow"
+    with pytest.raises(RuntimeError, match="the graph broke"):
+        next(pieces)
+
+
 def test_the_thread_pool_holds_every_request_the_batcher_admits(lm):
     """Each admitted reply waits in a worker thread; anyio's default of 40 would leave
     requests the batcher admitted queued for a thread, where they can neither run nor get

@@ -17,7 +17,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -387,14 +387,26 @@ def chat_prompt(
         raise APIError(400, str(error), param="messages", code="context_length_exceeded") from None
 
 
-def next_text(gen: Generation, pieces: Iterator[str]) -> str | None:
-    """The reply's next piece, joined with those already made after it (None at the end).
-    A stream's event then carries every token made since the last one: under load, fewer and
-    larger events instead of a backlog of one event per token."""
-    text = next(pieces, None)
-    while text is not None and gen.ready() and (more := next(pieces, None)) is not None:
-        text += more
-    return text
+def coalesced(gen: Generation) -> Generator[str, None, None]:
+    """The reply's pieces, each joined with those already made after it. A stream's event
+    then carries every token made since the last one: under load, fewer and larger events
+    instead of a backlog of one event per token. If making the reply fails, the text made
+    before the failure comes first, then the error."""
+    pieces, text = gen.pieces(), ""
+    try:
+        for piece in pieces:
+            text += piece
+            if not gen.ready():
+                yield text
+                text = ""
+    except Exception:
+        if text:
+            yield text
+        raise
+    finally:
+        pieces.close()
+    if text:
+        yield text
 
 
 def cited(sources: list[Passage]) -> list[dict[str, Any]]:
@@ -551,12 +563,10 @@ async def answer(
         # Each piece is waited for in a worker thread. A client that goes away cancels the
         # wait at once (the thread is left to end by itself): its request leaves the queue,
         # or its row the batch at the next token.
-        pieces, said, sent = gen.pieces(), [], 0
+        pieces, said, sent = coalesced(gen), [], 0
         try:
             while (
-                piece := await anyio.to_thread.run_sync(
-                    next_text, gen, pieces, abandon_on_cancel=True
-                )
+                piece := await anyio.to_thread.run_sync(next, pieces, None, abandon_on_cancel=True)
             ) is not None:
                 said.append(piece)
                 # A chunk's log-probs: the tokens drawn since the chunk before.
