@@ -6,15 +6,16 @@
   of greedy replies to each conversation's first question against its first answer.
 - Samples: fixed prompts answered greedily and sampled (seeded), for a human to read.
 
-Replies come from the model exported to ONNX (into a temporary folder) through the runtime's
-one generation path, so they are what `bardlet chat` and `bardlet generate --chat` would say.
+Replies go through the runtime's one generation path (its sampler, stop ids and text pieces),
+with the PyTorch model in the exported graph's place: the export stage checks that the graph
+gives the same logits (parity), so they are what `bardlet chat` and `bardlet generate --chat`
+would say, without exporting the model a second time here.
 """
 
 import json
-import tempfile
-from pathlib import Path
 
 import numpy as np
+import torch
 
 from bardlet import tracking
 from bardlet.config import load_params
@@ -22,20 +23,40 @@ from bardlet.data.chat_template import render_prompt
 from bardlet.data.loaders import PackedConversations, TokenWindows
 from bardlet.data.shards import read_tokens
 from bardlet.evaluation import measure, rouge_l
-from bardlet.export import write_model_folder
 from bardlet.files import write_json_atomic, write_text_atomic
+from bardlet.model import GPT
 from bardlet.runtime.generation import Generation
 from bardlet.runtime.sampling import Sampling
-from bardlet.runtime.session import OnnxLM
-from bardlet.tokenizer import load_tokenizer
+from bardlet.runtime.session import CachedLM
+from bardlet.tokenizer import AnyTokenizer, load_tokenizer
 from bardlet.training import checkpoint
 from stages.paths import CHAT_MODEL, CHATS, REPORTS, SHARDS, TOKENIZER_DIR
 
 GREEDY = Sampling(temperature=0)
 
 
+class TorchLM(CachedLM):
+    """The PyTorch model behind the runtime's generation path: its cache path is written as
+    the ONNX operators the graph runs (see GPT.forward), so each step computes what the
+    graph computes."""
+
+    def __init__(self, model: GPT, tokenizer: AnyTokenizer) -> None:
+        super().__init__(model.config.to_dict(), tokenizer, lookup_tokens=8)
+        self.model = model.cpu().eval()
+
+    @torch.no_grad()
+    def forward(
+        self, input_ids: np.ndarray, past: list[np.ndarray], mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        cache = [torch.from_numpy(a) for a in past]
+        pairs = list(zip(cache[::2], cache[1::2], strict=True))
+        key_mask = None if mask is None else torch.from_numpy(mask)
+        logits, _, present = self.model(torch.from_numpy(input_ids), past=pairs, key_mask=key_mask)
+        return logits.numpy(), [t.numpy() for pair in present for t in pair]
+
+
 def reply(
-    lm: OnnxLM, prompt: str, settings: Sampling, max_new_tokens: int, system: str | None = None
+    lm: CachedLM, prompt: str, settings: Sampling, max_new_tokens: int, system: str | None = None
 ) -> str:
     """The chat model's answer to one user message (after `system`, if given). A question too
     long for the context keeps its last tokens, so every conversation is scored."""
@@ -62,39 +83,35 @@ def main() -> None:
     chats = PackedConversations.from_split(SHARDS / "sft/val", tokenizer, block, 16, 0)
     oasst = measure(model, chats.sequential(), byte_lengths, max_batches=settings.eval_batches)
 
-    with tempfile.TemporaryDirectory(prefix="bardlet-evaluate-") as folder:
-        onnx_path = write_model_folder(
-            model, tokenizer, Path(folder), params.export.opset, params.chat.styles
-        )
-        lm = OnnxLM(onnx_path)
-        conversations = [
-            json.loads(line)["messages"]
-            for line in (CHATS / "val.jsonl").read_text(encoding="utf-8").splitlines()
-        ]
-        scores = []
-        for messages in conversations[: settings.rouge_conversations]:
-            system = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
-            question, answer = messages[0]["content"], messages[1]["content"]
-            greedy = reply(lm, question, GREEDY, settings.max_new_tokens, system)
-            scores.append(rouge_l(greedy, answer))
-        oasst["rouge_l"] = sum(scores) / max(len(scores), 1)
+    lm = TorchLM(model, tokenizer)
+    conversations = [
+        json.loads(line)["messages"]
+        for line in (CHATS / "val.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    scores = []
+    for messages in conversations[: settings.rouge_conversations]:
+        system = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
+        question, answer = messages[0]["content"], messages[1]["content"]
+        greedy = reply(lm, question, GREEDY, settings.max_new_tokens, system)
+        scores.append(rouge_l(greedy, answer))
+    oasst["rouge_l"] = sum(scores) / max(len(scores), 1)
 
-        sampled = settings.sampling()
-        lines = ["# Samples from the chat model", ""]
-        for prompt in settings.prompts:
-            lines += [
-                f"## {prompt}",
-                "",
-                "**greedy:**",
-                "",
-                reply(lm, prompt, GREEDY, settings.max_new_tokens).strip() or "(empty)",
-                "",
-                f"**sampled** (temperature {sampled.temperature}, top-k {sampled.top_k}, "
-                f"seed {sampled.seed}):",
-                "",
-                reply(lm, prompt, sampled, settings.max_new_tokens).strip() or "(empty)",
-                "",
-            ]
+    sampled = settings.sampling()
+    lines = ["# Samples from the chat model", ""]
+    for prompt in settings.prompts:
+        lines += [
+            f"## {prompt}",
+            "",
+            "**greedy:**",
+            "",
+            reply(lm, prompt, GREEDY, settings.max_new_tokens).strip() or "(empty)",
+            "",
+            f"**sampled** (temperature {sampled.temperature}, top-k {sampled.top_k}, "
+            f"seed {sampled.seed}):",
+            "",
+            reply(lm, prompt, sampled, settings.max_new_tokens).strip() or "(empty)",
+            "",
+        ]
 
     metrics = {"shakespeare": shakespeare, "oasst": oasst}
     write_json_atomic(REPORTS / "metrics.json", metrics)

@@ -74,6 +74,25 @@ def test_runtime_greedy_matches_pytorch_generate(exported, small_tokenizer):
     assert present[0].shape == (2, 2, len(prompt), 16)
 
 
+def test_the_evaluate_stages_pytorch_replies_are_the_graphs(exported, small_tokenizer):
+    """stages/evaluate.py writes samples.md and ROUGE-L from the PyTorch model through the
+    runtime's generation path (no second export): its tokens must be the ONNX graph's, greedy
+    (several positions a pass, with prompt lookup) and seeded sampling alike."""
+    from stages.evaluate import TorchLM
+
+    folder, model = exported
+    graph, torch_lm = OnnxLM(folder), TorchLM(model, small_tokenizer)
+    prompt = small_tokenizer.encode("ROMEO: ROMEO: ROMEO: ")
+    for settings in (Sampling(temperature=0), Sampling(temperature=0.9, top_k=20, seed=3)):
+        expected = list(graph.stream(prompt, 40, settings))
+        assert list(torch_lm.stream(prompt, 40, settings)) == expected
+    # Left-padded rows of a batch: the mask reaches the PyTorch model as it reaches the graph.
+    ids, mask = np.array([[0, 5, 6], [7, 8, 9]]), np.array([[0, 1, 1], [1, 1, 1]])
+    ours, _ = torch_lm.forward(ids, torch_lm.empty_cache(2), mask)
+    theirs, _ = graph.forward(ids, graph.empty_cache(2), mask)
+    np.testing.assert_allclose(ours[:, 1:], theirs[:, 1:], atol=1e-4)
+
+
 def test_runtime_refuses_a_foreign_tokenizer(exported, tmp_path, small_tokenizer):
     folder, _ = exported
     (tmp_path / "model.onnx").write_bytes((folder / "model.onnx").read_bytes())

@@ -546,16 +546,16 @@ CHECK
         ("tokenizer", "models"),
         ("shard", "data"),
         ("pretrain", "models"),
-        ("sft", "models"),
-        ("evaluate", "reports"),
         ("export", "models"),
         ("report", "reports"),
     ],
 )
 def test_a_full_disk_leaves_the_previous_outputs_whole(project, tmp_path, stage, folder):
-    """Each stage, run by hand as `python -m stages.<name>`, on a disk that fills up while it
-    writes (a small tmpfs over its output folder, in a private mount namespace): it fails,
-    and every file it had made before is byte-identical, with no temporary file left behind.
+    """A stage of each way of writing (sft and dpo save as pretrain does, evaluate writes its
+    reports as report does), run by hand as `python -m stages.<name>`, on a disk that fills
+    up while it writes (a small tmpfs over its output folder, in a private mount namespace):
+    it fails, and every file it had made before is byte-identical, with no temporary file
+    left behind.
     (`dvc repro` itself deletes a stage's outs before running it; they stay in DVC's cache,
     and `dvc checkout` brings them back.)"""
     log = tmp_path / "stage.log"

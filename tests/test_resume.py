@@ -102,7 +102,9 @@ def final_weights(tmp: Path, folder: str) -> dict[str, torch.Tensor]:
 # with keep_best, the best weights so far are as well. Distillation (a teacher) resumes the same.
 @pytest.mark.parametrize(
     ("ema", "keep", "teacher"),
-    [(0.0, "last", "none"), (0.9, "last", "none"), (0.9, "best", "none"), (0.0, "last", "teacher")],
+    # Without the moving average (0.0) only with a teacher: the plain run is that run less the
+    # teacher's parts, which the other two cover.
+    [(0.9, "last", "none"), (0.9, "best", "none"), (0.0, "last", "teacher")],
 )
 def test_sigkill_then_resume_is_bit_identical(tmp_path, ema, keep, teacher):
     reference = launch(tmp_path, "reference", ema=ema, keep=keep, teacher=teacher)

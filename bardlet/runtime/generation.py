@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bardlet.runtime.sampling import Sampling
-from bardlet.runtime.session import OnnxLM
+from bardlet.runtime.session import CachedLM
 
 
 class TokenIds(Protocol):
@@ -45,7 +45,7 @@ class Generation:
 
     def __init__(
         self,
-        lm: OnnxLM,
+        lm: CachedLM,
         prompt: Sequence[int],
         max_tokens: int,
         settings: Sampling,
@@ -165,7 +165,7 @@ def stop_cut(text: str, stops: Sequence[str], shown: int, final: bool = False) -
 
 
 def continue_text(
-    lm: OnnxLM,
+    lm: CachedLM,
     text: str,
     max_tokens: int,
     settings: Sampling,

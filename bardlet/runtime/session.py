@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bardlet.runtime.sampling import Sampling, sample
-from bardlet.tokenizer import load_tokenizer
+from bardlet.tokenizer import AnyTokenizer, load_tokenizer
 
 TOKENIZER_FILE = "bpe.json"
 METADATA_KEY = "bardlet"
@@ -76,64 +76,32 @@ def open_session(
     return session, info
 
 
-class OnnxLM:
-    """An exported bardlet model: `model.onnx` (or `model.int8.onnx`) with `bpe.json` beside it."""
+class CachedLM:
+    """A language model behind the runtime's generation path: `forward` runs it over new
+    tokens with a KV cache; `stream` (below) turns that into sampled token ids. `OnnxLM` is
+    the exported graph; the evaluate stage puts the PyTorch model here too, so its replies
+    take the path `bardlet chat` takes without exporting first."""
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        threads: int = 0,
-        tokenizer_path: str | Path | None = None,
-        spin: bool = False,
-        lookup_tokens: int = 8,
-    ) -> None:
-        model_path = Path(model_path)
-        if model_path.is_dir():
-            model_path = model_path / "model.onnx"
-        self.path = model_path
-        self.session, self.info = open_session(model_path, threads, spin)
-        # Guessed tokens checked per pass (0 = none). Not for an int8 graph: it quantizes a
-        # pass's activations with one scale for all its positions, so a pass of several
-        # positions would not give the logits of one position, and the reply would change.
-        self.lookup_tokens = 0 if self.info.get("quantization") else lookup_tokens
-        config = self.info["model"]
+    def __init__(self, config: dict[str, Any], tokenizer: AnyTokenizer, lookup_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        # Guessed tokens checked per pass (0 = none); see `stream`.
+        self.lookup_tokens = lookup_tokens
         self.n_layer: int = config["n_layer"]
         self.cache_heads, self.head_dim = cache_shape(config)
         self.block_size: int = config["block_size"]
         self.vocab_size: int = config["vocab_size"]
-        tokenizer_path = Path(tokenizer_path or model_path.parent)  # bpe.json or tokenizer.json
-        self.tokenizer = load_tokenizer(tokenizer_path)
-        if self.tokenizer.hash != self.info.get("tokenizer_hash"):
-            raise ValueError(
-                f"{tokenizer_path} is not the tokenizer {model_path.name} was trained with: "
-                "re-run `dvc repro export`"
-            )
-        self._past_names = [
-            f"past.{i}.{kind}" for i in range(self.n_layer) for kind in ("key", "value")
-        ]
-        if "attention_mask" not in {i.name for i in self.session.get_inputs()}:
-            raise ValueError(
-                f"{model_path} was exported by an older bardlet (no attention_mask input): "
-                "re-run `dvc repro export`"
-            )
-
-    def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
-        shape = (batch, self.cache_heads, 0, self.head_dim)
-        return [np.zeros(shape, dtype=np.float32) for _ in self._past_names]
 
     def forward(
         self, input_ids: np.ndarray, past: list[np.ndarray], mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Logits (batch, seq, vocab) and the extended cache. `mask` (batch, past + seq): 1 for
         a token, 0 for left padding (rows of different lengths in one batch); all 1 if None."""
-        feeds = dict(zip(self._past_names, past, strict=True))
-        feeds["input_ids"] = np.asarray(input_ids, dtype=np.int64)
-        if mask is None:
-            batch, seq = feeds["input_ids"].shape
-            mask = np.ones((batch, past[0].shape[2] + seq), dtype=np.int64)
-        feeds["attention_mask"] = mask
-        logits, *present = self.session.run(None, feeds)
-        return logits, present
+        raise NotImplementedError
+
+    def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
+        """Each layer's keys and values, holding no position yet."""
+        shape = (batch, self.cache_heads, 0, self.head_dim)
+        return [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.n_layer)]
 
     def check_prompt(self, prompt: Sequence[int]) -> None:
         if len(prompt) == 0:
@@ -202,6 +170,57 @@ class OnnxLM:
             if kept < past[0].shape[2]:
                 past = [layer[:, :, :kept] for layer in past]
             feed = [next_id]
+
+
+class OnnxLM(CachedLM):
+    """An exported bardlet model: `model.onnx` (or `model.int8.onnx`) with `bpe.json` beside it."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        threads: int = 0,
+        tokenizer_path: str | Path | None = None,
+        spin: bool = False,
+        lookup_tokens: int = 8,
+    ) -> None:
+        model_path = Path(model_path)
+        if model_path.is_dir():
+            model_path = model_path / "model.onnx"
+        self.path = model_path
+        self.session, self.info = open_session(model_path, threads, spin)
+        tokenizer_path = Path(tokenizer_path or model_path.parent)  # bpe.json or tokenizer.json
+        tokenizer = load_tokenizer(tokenizer_path)
+        # Not guessing for an int8 graph: it quantizes a pass's activations with one scale for
+        # all its positions, so a pass of several positions would not give the logits of one
+        # position, and the reply would change.
+        lookup_tokens = 0 if self.info.get("quantization") else lookup_tokens
+        super().__init__(self.info["model"], tokenizer, lookup_tokens)
+        if self.tokenizer.hash != self.info.get("tokenizer_hash"):
+            raise ValueError(
+                f"{tokenizer_path} is not the tokenizer {model_path.name} was trained with: "
+                "re-run `dvc repro export`"
+            )
+        self._past_names = [
+            f"past.{i}.{kind}" for i in range(self.n_layer) for kind in ("key", "value")
+        ]
+        if "attention_mask" not in {i.name for i in self.session.get_inputs()}:
+            raise ValueError(
+                f"{model_path} was exported by an older bardlet (no attention_mask input): "
+                "re-run `dvc repro export`"
+            )
+
+    def forward(
+        self, input_ids: np.ndarray, past: list[np.ndarray], mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One call of the graph (see CachedLM.forward)."""
+        feeds = dict(zip(self._past_names, past, strict=True))
+        feeds["input_ids"] = np.asarray(input_ids, dtype=np.int64)
+        if mask is None:
+            batch, seq = feeds["input_ids"].shape
+            mask = np.ones((batch, past[0].shape[2] + seq), dtype=np.int64)
+        feeds["attention_mask"] = mask
+        logits, *present = self.session.run(None, feeds)
+        return logits, present
 
 
 class PromptLookup:
