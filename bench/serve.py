@@ -15,6 +15,8 @@ A second table runs the same requests through the decode loop alone, in this pro
 `Batcher` and N threads, no HTTP): what batching gives before the server's own costs. Last,
 32 replies to lines of docs/ (half greedy, half seeded sampling), computed one by one
 and then all at once in a batch: how many are identical, and the largest logit difference.
+Then what one decoding step costs per row at batch sizes 1-64 (graph call and sampling):
+the floor under what batching can give on this machine.
 """
 
 from __future__ import annotations
@@ -249,6 +251,55 @@ def batched_vs_alone(model: Path, replies: int = 32) -> dict[str, Any]:
     }
 
 
+def step_costs(model: Path, threads: int, batches: tuple[int, ...] = (1, 4, 16, 32, 64)) -> list:
+    """What one decoding step costs per row at each batch size, on a cache of 64 positions:
+    the graph call, and `sample` at the default style (the batcher samples row by row).
+    The floor under any batching: a row can never cost less than these two."""
+    import numpy as np
+
+    from bardlet.runtime.conversation import load_styles
+    from bardlet.runtime.sampling import sample
+    from bardlet.runtime.session import OnnxLM
+
+    lm = OnnxLM(model, threads=threads)
+    settings = load_styles(lm.path)["default"].sampling()
+    rows = []
+    for batch in batches:
+        ids = np.zeros((batch, 1), dtype=np.int64)
+        _, past = lm.forward(np.zeros((batch, 64), dtype=np.int64), lm.empty_cache(batch))
+        calls = []
+        for _ in range(max(20, 400 // batch)):
+            started = time.perf_counter()
+            logits, _ = lm.forward(ids, past)
+            calls.append(time.perf_counter() - started)
+        rng = np.random.default_rng(0)
+        started = time.perf_counter()
+        for _ in range(10):
+            for row in logits[:, -1]:
+                sample(row, settings, rng)
+        sampling = (time.perf_counter() - started) / (10 * batch)
+        graph = statistics.median(calls)
+        rows.append(
+            {
+                "rows": batch,
+                "graph_ms": graph * 1e3,
+                "graph_us_per_row": graph / batch * 1e6,
+                "sample_us_per_row": sampling * 1e6,
+                "us_per_row": (graph / batch + sampling) * 1e6,
+            }
+        )
+    return rows
+
+
+STEP_COLUMNS = [
+    ("rows", "{rows}"),
+    ("graph call (ms)", "{graph_ms:.2f}"),
+    ("graph per row (us)", "{graph_us_per_row:.0f}"),
+    ("sampling per row (us)", "{sample_us_per_row:.0f}"),
+    ("step per row (us)", "{us_per_row:.0f}"),
+]
+
+
 ENGINE_COLUMNS = [
     ("clients", "{clients}"),
     ("requests", "{requests}"),
@@ -295,6 +346,7 @@ def main() -> None:
 
     engine = [run_engine_level(args.model, n, seconds) for n in args.clients]
     same = batched_vs_alone(args.model)
+    steps = step_costs(args.model, args.threads)
     levels = [max(runs[n], key=lambda run: run["tokens_per_s_total"]) for n in args.clients]
     print(f"bardlet serve, {'non-' * args.no_stream}streaming clients over HTTP:")
     print(common.rows_table(levels, COLUMNS, align="r"))
@@ -304,6 +356,14 @@ def main() -> None:
         f"\nbatched vs alone: {same['identical_replies']}/{same['replies']} replies identical "
         f"({same['tokens']} tokens), max logit difference {same['max_logit_difference']:.1e}"
     )
+    one_client = levels[0]["tokens_per_s_total"] if args.clients[0] == 1 else None
+    print("\none decoding step by batch size (graph call + sampling, per row):")
+    print(common.rows_table(steps, STEP_COLUMNS, align="r"))
+    if one_client:
+        print(
+            f"4x one client's {one_client:.0f} tok/s allows {1e6 / (4 * one_client):.0f} us a "
+            "token for everything: the step above, text pieces, HTTP and the clients"
+        )
     meta = {
         **common.run_info(),
         "model": os.path.relpath(args.model.resolve(), common.REPO),
@@ -318,6 +378,7 @@ def main() -> None:
     }
     rounds_of = {str(n): runs[n] for n in args.clients}
     output = {"meta": meta, "levels": levels, "engine": engine, "batched_vs_alone": same}
+    output["step_costs"] = steps
     output["rounds"] = rounds_of
     common.save(args.json, output)
 
