@@ -71,12 +71,14 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
         from bardlet.runtime.sampling import Sampling
-        from bardlet.runtime.session import OnnxLM
+        from bardlet.runtime.session import LOOKUP_TOKENS, OnnxLM
 
         rss_import = max_rss_mb()
         graph = {"onnx-int8-kv": "onnx_int8", "onnx-traced-kv": "onnx_traced"}.get(path, "onnx")
         # Guessed tokens only on the lookup paths: the others are one token a pass.
-        lm = OnnxLM(job[graph], threads=threads, lookup_tokens=8 if "lookup" in path else 0)
+        lm = OnnxLM(
+            job[graph], threads=threads, lookup_tokens=LOOKUP_TOKENS if "lookup" in path else 0
+        )
         greedy = Sampling(temperature=0)
 
         def tokens() -> Iterator[int]:

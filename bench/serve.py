@@ -251,7 +251,9 @@ def batched_vs_alone(model: Path, replies: int = 32) -> dict[str, Any]:
     }
 
 
-def step_costs(model: Path, threads: int, batches: tuple[int, ...] = (1, 4, 16, 32, 64)) -> list:
+def step_costs(
+    model: Path, threads: int, batches: tuple[int, ...] = (1, 4, 16, 32, 64)
+) -> list[dict[str, Any]]:
     """What one decoding step costs per row at each batch size, on a cache of 64 positions:
     the graph call, and `sample` at the default style (the batcher samples row by row).
     The floor under any batching: a row can never cost less than these two."""

@@ -41,7 +41,7 @@ class TorchLM(CachedLM):
     graph computes."""
 
     def __init__(self, model: GPT, tokenizer: AnyTokenizer) -> None:
-        super().__init__(model.config.to_dict(), tokenizer, lookup_tokens=8)
+        super().__init__(model.config.to_dict(), tokenizer)
         self.model = model.cpu().eval()
 
     @torch.no_grad()

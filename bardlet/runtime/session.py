@@ -20,6 +20,7 @@ from bardlet.tokenizer import AnyTokenizer, load_tokenizer
 
 TOKENIZER_FILE = "bpe.json"
 METADATA_KEY = "bardlet"
+LOOKUP_TOKENS = 8  # guessed tokens a greedy pass checks at most (see CachedLM.stream)
 
 
 def session_options(threads: int = 0, spin: bool = False) -> ort.SessionOptions:
@@ -82,7 +83,9 @@ class CachedLM:
     the exported graph; the evaluate stage puts the PyTorch model here too, so its replies
     take the path `bardlet chat` takes without exporting first."""
 
-    def __init__(self, config: dict[str, Any], tokenizer: AnyTokenizer, lookup_tokens: int) -> None:
+    def __init__(
+        self, config: dict[str, Any], tokenizer: AnyTokenizer, lookup_tokens: int = LOOKUP_TOKENS
+    ) -> None:
         self.tokenizer = tokenizer
         # Guessed tokens checked per pass (0 = none); see `stream`.
         self.lookup_tokens = lookup_tokens
@@ -181,7 +184,7 @@ class OnnxLM(CachedLM):
         threads: int = 0,
         tokenizer_path: str | Path | None = None,
         spin: bool = False,
-        lookup_tokens: int = 8,
+        lookup_tokens: int = LOOKUP_TOKENS,
     ) -> None:
         model_path = Path(model_path)
         if model_path.is_dir():
